@@ -1,1 +1,12 @@
+//! End-to-end tests: the real broker, on a loopback port, driven by real MQTT clients.
+//!
+//! One test binary (so the broker is linked once) with one module per area. Each test starts
+//! its own broker on an ephemeral port, so tests run in parallel without sharing state.
+//! Clients: `rumqttc` (v4 = MQTT 3.1.1, v5), a raw client on moat's own codec for
+//! byte-exact protocol checks (malformed packets, reason codes), the `mosquitto_pub` and
+//! `mosquitto_sub` commands, and the Eclipse Paho Python client.
+//!
+//! Normative statement ids (MQTT-x.y.z-n) name the rule each test checks; docs/conformance.md
+//! maps them back to the tests.
 
+mod harness;

@@ -1,0 +1,538 @@
+//! The broker: shared state ([`Shared`]) and the running server ([`Broker`]).
+//!
+//! [`Shared`] is the one handle every connection task holds: the config, the subscription
+//! tree, the retained index, the session registry, the store, the policy and the metrics. Its
+//! methods are the broker-wide operations a session needs (route a message, retain it, take
+//! over a session, end one), so the locking discipline lives in one file: the router and the
+//! retained index are behind `RwLock`s taken for short, synchronous sections and never held
+//! across an `.await`; the session registry is a plain mutex over a map.
+//!
+//! [`Broker`] binds the listeners, restores what the store holds, runs the accept loops and
+//! the `$SYS` publisher, and shuts everything down in order.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use parking_lot::{Mutex, RwLock};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::codec::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions, Will};
+use crate::config::Config;
+use crate::message::{Message, MessageProperties, cap_expiry};
+use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::policy::{AllowAll, ClientInfo, Identity, Policy, PublishInfo, Verdict};
+use crate::router::{RetainedIndex, Route, SubscriptionTree};
+use crate::session::state::Subscribed;
+use crate::session::{Delivery, Kick, MailboxLimits, Session, SessionRef, SessionState};
+use crate::store::{Change, MemoryStore, NEVER_EXPIRES, Store, StoreError};
+
+/// Broker-wide state shared by every connection; see the module doc.
+pub struct Shared {
+    pub config: Config,
+    pub router: RwLock<SubscriptionTree<SessionRef>>,
+    pub retained: RwLock<RetainedIndex<Arc<Message>>>,
+    pub sessions: Mutex<HashMap<ByteString, Arc<Session>>>,
+    pub store: Arc<dyn Store>,
+    pub policy: Arc<dyn Policy>,
+    pub metrics: Metrics,
+    pub shutdown: CancellationToken,
+    pub started: Instant,
+    tasks: TaskTracker,
+}
+
+thread_local! {
+    /// Reused per worker thread so routing a message allocates nothing for its route list.
+    static ROUTES: RefCell<Vec<Route<SessionRef>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Shared {
+    /// Runs a task that shutdown waits for.
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
+    fn mailbox_limits(&self) -> MailboxLimits {
+        let l = &self.config.limits;
+        MailboxLimits {
+            max_queued: l.max_queued_messages as usize,
+            overflow: l.queue_overflow,
+            queue_qos0_offline: l.queue_qos0_offline,
+        }
+    }
+
+    /// The broker's own limits on topic names and filters, beyond the specification's.
+    pub fn topic_within_limits(&self, topic: &str) -> bool {
+        let l = &self.config.limits;
+        topic.len() <= l.max_topic_length as usize
+            && topic.split('/').count() <= l.max_topic_levels as usize
+    }
+
+    /// Routes a message to every matching subscription; returns how many sessions got it.
+    pub fn publish(&self, message: Arc<Message>, publisher: Option<&SessionRef>) -> usize {
+        ROUTES.with(|routes| {
+            let mut routes = routes.borrow_mut();
+            routes.clear();
+            self.router
+                .read()
+                .route(&message.topic, publisher, &mut routes);
+            let n = routes.len();
+            for route in routes.drain(..) {
+                let delivery = Delivery {
+                    qos: route.qos.min(message.qos),
+                    // MQTT-3.3.1-12, -13: RETAIN is cleared unless Retain As Published.
+                    retain: route.retain_as_published && message.retain,
+                    identifiers: route.identifiers,
+                    message: message.clone(),
+                };
+                route.subscriber.0.deliver(delivery, &self.metrics);
+            }
+            n
+        })
+    }
+
+    /// Stores, replaces or (empty payload) clears the retained message of a topic
+    /// (MQTT-3.3.1-5, -6, -7).
+    pub async fn retain(&self, message: &Arc<Message>) -> Result<(), StoreError> {
+        let stored = if message.payload.is_empty() {
+            None
+        } else {
+            Some(message.clone())
+        };
+        {
+            let mut index = self.retained.write();
+            match &stored {
+                Some(m) => index.insert(&m.topic, m.clone()),
+                None => index.remove(&message.topic),
+            };
+            self.metrics.set_retained(index.len());
+        }
+        self.store
+            .apply(Change::Retained {
+                topic: message.topic.clone(),
+                message: stored,
+            })
+            .get()
+            .await
+    }
+
+    /// Retained messages matching a new subscription, as deliveries with RETAIN set.
+    pub fn retained_for(
+        &self,
+        filter: &str,
+        granted: QoS,
+        identifier: Option<u32>,
+        out: &mut Vec<Delivery>,
+    ) {
+        let now = Instant::now();
+        self.retained.read().for_each_match(filter, |_, m| {
+            if m.is_expired(now) {
+                return;
+            }
+            out.push(Delivery {
+                qos: granted.min(m.qos),
+                retain: true,
+                identifiers: identifier.into_iter().collect(),
+                message: m.clone(),
+            });
+        });
+    }
+
+    /// Adds a subscription; true if it replaced one with the same filter.
+    pub fn subscribe(
+        &self,
+        session: &SessionRef,
+        filter: &str,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+    ) -> bool {
+        let mut router = self.router.write();
+        let existed = router.subscribe(filter, session.clone(), options, identifier);
+        self.metrics.set_subscriptions(router.len());
+        existed
+    }
+
+    /// Removes a subscription; true if it existed.
+    pub fn unsubscribe(&self, session: &SessionRef, filter: &str) -> bool {
+        let mut router = self.router.write();
+        let existed = router.unsubscribe(filter, session);
+        self.metrics.set_subscriptions(router.len());
+        existed
+    }
+
+    /// Finds or creates the session for a connecting client and takes it from any connection
+    /// serving it (MQTT-3.1.4-3: that one is closed with 0x8E). With `clean_start` an existing
+    /// session is ended first (MQTT-3.1.2-4). `None` when an even newer connection for the
+    /// same client id took the session while this one waited.
+    pub(crate) async fn take_session(
+        &self,
+        client_id: &ByteString,
+        clean_start: bool,
+        version: ProtocolVersion,
+        kick: Arc<Kick>,
+    ) -> Option<(
+        Arc<Session>,
+        tokio::sync::OwnedMutexGuard<SessionState>,
+        bool,
+        u64,
+    )> {
+        loop {
+            if kick.fired().is_some() {
+                return None;
+            }
+            let existing = self.sessions.lock().get(client_id).cloned();
+            let Some(old) = existing else {
+                let session = Session::new(
+                    client_id.clone(),
+                    SessionState::new(version, 0),
+                    self.mailbox_limits(),
+                );
+                let guard = session.state.clone().try_lock_owned().ok()?;
+                {
+                    let mut map = self.sessions.lock();
+                    if map.contains_key(client_id) {
+                        continue; // another connection created it meanwhile
+                    }
+                    map.insert(client_id.clone(), session.clone());
+                }
+                let generation = session.attach(kick, ReasonCode::SESSION_TAKEN_OVER);
+                return Some((session, guard, false, generation));
+            };
+            // Registering first means the old connection, when it ends, sees that the session
+            // is no longer its to end or expire.
+            let was_offline = !old.is_attached();
+            let generation = old.attach(kick.clone(), ReasonCode::SESSION_TAKEN_OVER);
+            let guard = old.state.clone().lock_owned().await;
+            let still_current = self
+                .sessions
+                .lock()
+                .get(client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, &old));
+            if !still_current || old.current_generation() != generation {
+                continue;
+            }
+            if clean_start {
+                self.end_session(&old, &guard).await;
+                continue;
+            }
+            if was_offline {
+                self.metrics.offline_session_resumed();
+            }
+            return Some((old, guard, true, generation));
+        }
+    }
+
+    /// Ends a session: its subscriptions leave the router, its mailbox is emptied, the
+    /// registry and the store forget it.
+    pub(crate) async fn end_session(&self, session: &Arc<Session>, state: &SessionState) {
+        let me = SessionRef(session.clone());
+        {
+            let mut router = self.router.write();
+            for filter in state.subscriptions.keys() {
+                router.unsubscribe(filter, &me);
+            }
+            self.metrics.set_subscriptions(router.len());
+        }
+        self.metrics.inflight_removed(state.outbound.len());
+        session.end(&self.metrics);
+        {
+            let mut map = self.sessions.lock();
+            if map
+                .get(&session.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, session))
+            {
+                map.remove(&session.client_id);
+            }
+        }
+        if let Err(e) = self
+            .store
+            .apply(Change::SessionRemoved(session.client_id.clone()))
+            .get()
+            .await
+        {
+            tracing::error!(client = %session.client_id, error = %e, "could not remove session");
+        }
+    }
+
+    /// Ends an offline session once its expiry interval has passed, unless a client has
+    /// connected to it since (section 3.1.2.11.2).
+    pub fn schedule_expiry(self: &Arc<Self>, session: Arc<Session>, generation: u64, seconds: u32) {
+        let shared = self.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(u64::from(seconds))) => {}
+                _ = session.ended.cancelled() => return,
+                _ = shared.shutdown.cancelled() => return,
+            }
+            if session.current_generation() != generation || session.is_attached() {
+                return;
+            }
+            let Ok(state) = session.state.clone().try_lock_owned() else {
+                return; // a connection is taking it over right now
+            };
+            if session.current_generation() == generation {
+                shared.end_session(&session, &state).await;
+                shared.metrics.offline_session_expired();
+            }
+        });
+    }
+
+    /// Publishes a will message now or after its delay (MQTT-3.1.3-9: the delay ends early
+    /// when the session ends; a client reconnecting to the session first cancels it).
+    pub fn publish_will(
+        self: &Arc<Self>,
+        will: Will,
+        client: ClientInfo,
+        identity: Identity,
+        session: Arc<Session>,
+        generation: u64,
+        session_expiry: u32,
+    ) {
+        let delay = will
+            .properties
+            .will_delay_interval
+            .unwrap_or(0)
+            .min(session_expiry);
+        let shared = self.clone();
+        self.tasks.spawn(async move {
+            if delay > 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {}
+                    _ = session.ended.cancelled() => {}
+                    _ = shared.shutdown.cancelled() => return,
+                }
+                if session.current_generation() != generation && !session.ended.is_cancelled() {
+                    return; // the client came back
+                }
+            }
+            shared.send_will(will, &client, &identity).await;
+        });
+    }
+
+    async fn send_will(&self, mut will: Will, client: &ClientInfo, identity: &Identity) {
+        let info = PublishInfo {
+            topic: &will.topic,
+            qos: will.qos,
+            retain: will.retain,
+            payload_len: will.payload.len(),
+            user_properties: &will.properties.user_properties,
+        };
+        if let Verdict::Deny(_) = self
+            .policy
+            .authorize_publish(client, identity, info)
+            .get()
+            .await
+        {
+            self.metrics
+                .publish_dropped(crate::metrics::DropCause::NotAuthorized);
+            return;
+        }
+        let message = Arc::new(Message {
+            expiry: cap_expiry(
+                will.properties.message_expiry_interval,
+                self.config.limits.max_message_expiry,
+            ),
+            properties: MessageProperties::from_packet(&mut will.properties),
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            received: Instant::now(),
+            publisher: Some(client.client_id.clone()),
+        });
+        if message.retain
+            && let Err(e) = self.retain(&message).await
+        {
+            tracing::error!(error = %e, "could not retain a will message");
+        }
+        self.publish(message, None);
+    }
+
+    /// Publishes the broker's own `$SYS` topics, retained (as Mosquitto does).
+    async fn publish_sys(&self, loads: &mut crate::sys::LoadAverages) {
+        let snapshot = self.metrics.snapshot();
+        loads.tick(&snapshot, self.config.sys.interval);
+        let mut topics =
+            crate::sys::sys_topics(&snapshot, env!("CARGO_PKG_VERSION"), self.started.elapsed());
+        topics.extend(loads.topics());
+        for (topic, payload) in topics {
+            let message = Arc::new(Message {
+                topic: ByteString::from(topic),
+                payload: Bytes::from(payload),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: MessageProperties::default(),
+                received: Instant::now(),
+                expiry: None,
+                publisher: None,
+            });
+            let _ = self.retain(&message).await;
+            self.publish(message, None);
+        }
+    }
+}
+
+/// The broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("listener `{name}`: cannot bind {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot read stored state: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A running broker.
+pub struct Broker {
+    shared: Arc<Shared>,
+    listeners: Vec<(Arc<str>, SocketAddr)>,
+}
+
+impl Broker {
+    /// Starts with in-memory state and the allow-all policy.
+    pub async fn start(config: Config) -> Result<Broker, StartError> {
+        Broker::start_with(config, Arc::new(MemoryStore::new()), Arc::new(AllowAll)).await
+    }
+
+    /// Binds every listener, restores the store's state, and starts serving.
+    pub async fn start_with(
+        config: Config,
+        store: Arc<dyn Store>,
+        policy: Arc<dyn Policy>,
+    ) -> Result<Broker, StartError> {
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            let listener = TcpListener::bind(l.bind)
+                .await
+                .map_err(|source| StartError::Bind {
+                    name: l.name.clone(),
+                    addr: l.bind,
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(|source| StartError::Bind {
+                name: l.name.clone(),
+                addr: l.bind,
+                source,
+            })?;
+            if !addr.ip().is_loopback() {
+                tracing::warn!(listener = %l.name, %addr,
+                    "plain TCP listener on a non-loopback address: traffic is not encrypted");
+            }
+            bound.push((Arc::<str>::from(l.name.as_str()), addr, listener));
+        }
+        let snapshot = store.load().get().await?;
+        let shared = Arc::new(Shared {
+            config,
+            router: RwLock::new(SubscriptionTree::new()),
+            retained: RwLock::new(RetainedIndex::new()),
+            sessions: Mutex::new(HashMap::new()),
+            store,
+            policy,
+            metrics: Metrics::default(),
+            shutdown: CancellationToken::new(),
+            started: Instant::now(),
+            tasks: TaskTracker::new(),
+        });
+        shared.restore(snapshot);
+
+        let mut listeners = Vec::new();
+        for (name, addr, listener) in bound {
+            tracing::info!(listener = %name, %addr, "listening");
+            listeners.push((name.clone(), addr));
+            shared
+                .tasks
+                .spawn(crate::net::accept_loop(shared.clone(), name, listener));
+        }
+        if shared.config.sys.enabled() {
+            let s = shared.clone();
+            shared.tasks.spawn(async move {
+                let mut tick = tokio::time::interval(s.config.sys.interval);
+                let mut loads = crate::sys::LoadAverages::default();
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => s.publish_sys(&mut loads).await,
+                        _ = s.shutdown.cancelled() => break,
+                    }
+                }
+            });
+        }
+        Ok(Broker { shared, listeners })
+    }
+
+    /// The addresses the listeners are bound to, by listener name (useful with port 0).
+    pub fn listeners(&self) -> &[(Arc<str>, SocketAddr)] {
+        &self.listeners
+    }
+
+    /// The address of the first listener.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listeners[0].1
+    }
+
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.shared.metrics.snapshot()
+    }
+
+    /// The shared state, for tests and embedding.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting, closes every connection (v5 clients hear 0x8B), and waits for the
+    /// connection tasks to finish, at most `grace`.
+    pub async fn shutdown(self, grace: Duration) {
+        self.shared.shutdown.cancel();
+        self.shared.tasks.close();
+        if tokio::time::timeout(grace, self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close within {grace:?}");
+        }
+    }
+}
+
+impl Shared {
+    /// Rebuilds retained messages and offline persistent sessions from a store snapshot.
+    fn restore(self: &Arc<Self>, snapshot: crate::store::Snapshot) {
+        {
+            let mut index = self.retained.write();
+            for m in snapshot.retained {
+                index.insert(&m.topic.clone(), m);
+            }
+            self.metrics.set_retained(index.len());
+        }
+        for record in snapshot.sessions {
+            let mut state = SessionState::new(record.protocol, record.expiry_interval);
+            for s in &record.subscriptions {
+                let subscribed = Subscribed {
+                    options: s.options,
+                    identifier: s.identifier,
+                    check_each_delivery: false,
+                };
+                state.subscriptions.insert(s.filter.clone(), subscribed);
+            }
+            let session = Session::new(record.client_id.clone(), state, self.mailbox_limits());
+            let me = SessionRef(session.clone());
+            for s in &record.subscriptions {
+                self.subscribe(&me, &s.filter, s.options, s.identifier);
+            }
+            self.sessions
+                .lock()
+                .insert(record.client_id.clone(), session.clone());
+            self.metrics.offline_session_restored();
+            if record.expiry_interval != NEVER_EXPIRES {
+                self.schedule_expiry(session, 0, record.expiry_interval);
+            }
+        }
+    }
+}

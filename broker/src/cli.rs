@@ -1,0 +1,189 @@
+//! The command line, and the start-up steps that depend on it: loading the configuration and
+//! setting up diagnostics.
+//!
+//! The command line is kept small on purpose: everything else belongs in the configuration
+//! file, so that a deployment's behaviour is written down in one place. `--listen` exists for
+//! quick local runs and tests (like `mosquitto -p`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, ConfigError};
+
+/// moat: an MQTT 3.1.1 and 5.0 broker.
+#[derive(Debug, Clone, PartialEq, Eq, Parser)]
+#[command(name = "moat", version, about)]
+pub struct Cli {
+    /// The configuration file (TOML). Without it, built-in defaults are used: one listener on
+    /// 127.0.0.1:1883.
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// `--listen ADDR`, repeatable: addresses to listen on instead of the configured listeners.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        help = "Listen on ADDR (such as 0.0.0.0:1883 or [::]:1883) instead of the configured \
+                listeners. May be given several times"
+    )]
+    pub listen: Vec<SocketAddr>,
+}
+
+/// The configuration `cli` asks for: the `--config` file, or the defaults, with `--listen`
+/// applied on top.
+pub fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    config.apply_listen_overrides(&cli.listen);
+    Ok(config)
+}
+
+/// Sends `tracing` output to standard error, filtered by `RUST_LOG` when it is set and valid,
+/// otherwise by `filter` (the configuration's `log.filter`, already validated). Does nothing
+/// if a global subscriber is already installed (as in tests).
+pub fn init_tracing(filter: &str) {
+    let (env_filter, rejected) = choose_filter(std::env::var("RUST_LOG").ok().as_deref(), filter);
+    let installed = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr)
+        .try_init()
+        .is_ok();
+    if let (true, Some(error)) = (installed, rejected) {
+        tracing::warn!("ignoring RUST_LOG: {error}; using log.filter {filter:?}");
+    }
+}
+
+/// The filter to use given the value of `RUST_LOG` (if any) and the configured one, and why
+/// `RUST_LOG` was rejected if it was set but invalid. An invalid configured filter (which
+/// validation rules out) falls back to `info`.
+fn choose_filter(rust_log: Option<&str>, configured: &str) -> (EnvFilter, Option<String>) {
+    let mut rejected = None;
+    if let Some(directives) = rust_log.filter(|d| !d.trim().is_empty()) {
+        match EnvFilter::builder().parse(directives) {
+            Ok(filter) => return (filter, None),
+            Err(e) => rejected = Some(format!("{directives:?}: {e}")),
+        }
+    }
+    let filter = EnvFilter::builder()
+        .parse(configured)
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    (filter, rejected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_flags() {
+        let cli = Cli::try_parse_from([
+            "moat",
+            "-c",
+            "/etc/moat.toml",
+            "--listen",
+            "0.0.0.0:1883",
+            "--listen",
+            "[::1]:1884",
+        ])
+        .unwrap();
+        assert_eq!(cli.config, Some(PathBuf::from("/etc/moat.toml")));
+        assert_eq!(
+            cli.listen,
+            vec![
+                "0.0.0.0:1883".parse::<SocketAddr>().unwrap(),
+                "[::1]:1884".parse().unwrap()
+            ]
+        );
+
+        let cli = Cli::try_parse_from(["moat", "--config=x.toml"]).unwrap();
+        assert_eq!(cli.config, Some(PathBuf::from("x.toml")));
+        assert!(cli.listen.is_empty());
+
+        let cli = Cli::try_parse_from(["moat"]).unwrap();
+        assert_eq!(
+            cli,
+            Cli {
+                config: None,
+                listen: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_bad_flags() {
+        use clap::error::ErrorKind;
+        let kind = |args: &[&str]| Cli::try_parse_from(args).unwrap_err().kind();
+        assert_eq!(
+            kind(&["moat", "--listen", "localhost"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(kind(&["moat", "--bogus"]), ErrorKind::UnknownArgument);
+        assert_eq!(kind(&["moat", "--config"]), ErrorKind::InvalidValue);
+        assert_eq!(kind(&["moat", "--version"]), ErrorKind::DisplayVersion);
+        assert_eq!(kind(&["moat", "--help"]), ErrorKind::DisplayHelp);
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn load_config_applies_file_then_overrides() {
+        let cli = Cli::try_parse_from(["moat"]).unwrap();
+        assert_eq!(load_config(&cli).unwrap(), Config::default());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("moat.toml");
+        std::fs::write(
+            &path,
+            "[limits]\nmax_inflight = 9\n[[listener]]\nbind = \"127.0.0.1:2000\"\n",
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let cli = Cli::try_parse_from(["moat", "-c", file]).unwrap();
+        let config = load_config(&cli).unwrap();
+        assert_eq!(config.limits.max_inflight, 9);
+        assert_eq!(config.listeners[0].bind, "127.0.0.1:2000".parse().unwrap());
+
+        let cli = Cli::try_parse_from(["moat", "-c", file, "--listen", "127.0.0.1:3000"]).unwrap();
+        let config = load_config(&cli).unwrap();
+        assert_eq!(config.limits.max_inflight, 9);
+        assert_eq!(config.listeners.len(), 1);
+        assert_eq!(config.listeners[0].name, "listen-0");
+        assert_eq!(config.listeners[0].bind, "127.0.0.1:3000".parse().unwrap());
+
+        let missing = dir.path().join("missing.toml");
+        let cli = Cli::try_parse_from(["moat", "-c", missing.to_str().unwrap()]).unwrap();
+        assert!(matches!(load_config(&cli), Err(ConfigError::Read { .. })));
+    }
+
+    #[test]
+    fn rust_log_wins_when_valid() {
+        let shown =
+            |(f, rejected): (EnvFilter, Option<String>)| (f.to_string(), rejected.is_some());
+        assert_eq!(shown(choose_filter(None, "warn")), ("warn".into(), false));
+        assert_eq!(
+            shown(choose_filter(Some(""), "warn")),
+            ("warn".into(), false)
+        );
+        assert_eq!(
+            shown(choose_filter(Some("debug"), "warn")),
+            ("debug".into(), false)
+        );
+        assert_eq!(
+            shown(choose_filter(Some("moat=loud"), "warn")),
+            ("warn".into(), true)
+        );
+        assert_eq!(
+            shown(choose_filter(None, "moat=loud")),
+            ("info".into(), false)
+        );
+    }
+}

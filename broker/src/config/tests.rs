@@ -1,0 +1,502 @@
+//! Tests of configuration loading: defaults, the example, overrides, and that every kind of
+//! error names the file, the line and the dotted key.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_str_named(text, "moat.toml")
+}
+
+#[test]
+fn defaults_are_secure_and_as_documented() {
+    let c = Config::default();
+    assert_eq!(c.listeners.len(), 1);
+    assert_eq!(c.listeners[0].name, "default");
+    assert_eq!(
+        c.listeners[0].bind,
+        "127.0.0.1:1883".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(c.listeners[0].protocol, Protocol::Tcp);
+    let l = &c.limits;
+    assert_eq!(l.max_packet_size, 1_048_576);
+    assert_eq!(l.receive_maximum, 1024);
+    assert_eq!(l.max_inflight, 64);
+    assert_eq!(l.max_queued_messages, 1000);
+    assert_eq!(l.queue_overflow, QueueOverflow::DropOldest);
+    assert!(!l.queue_qos0_offline);
+    assert_eq!(l.max_keepalive, 65535);
+    assert_eq!(l.topic_alias_maximum, 64);
+    assert_eq!(l.max_session_expiry, u32::MAX);
+    assert_eq!(l.max_message_expiry, None);
+    assert_eq!(l.connect_timeout, Duration::from_secs(10));
+    assert_eq!(l.max_topic_levels, 64);
+    assert_eq!(l.max_topic_length, 65535);
+    assert_eq!(l.max_subscriptions_per_client, 1000);
+    assert_eq!(l.maximum_qos, QoS::ExactlyOnce);
+    assert!(l.retain_available);
+    assert_eq!(l.max_client_id_length, 65535);
+    assert_eq!(c.sys.interval, Duration::from_secs(10));
+    assert!(c.sys.enabled());
+    assert_eq!(c.log.filter, "info");
+}
+
+#[test]
+fn empty_file_gives_the_defaults() {
+    assert_eq!(parse("").unwrap(), Config::default());
+    assert_eq!(
+        parse("# nothing\n[limits]\n[sys]\n").unwrap(),
+        Config::default()
+    );
+}
+
+#[test]
+fn example_parses_to_the_defaults() {
+    assert_eq!(parse(EXAMPLE).unwrap(), Config::default());
+}
+
+#[test]
+fn example_documents_every_key() {
+    // Every key of every table appears in the example, commented out or not.
+    for key in [
+        "name",
+        "bind",
+        "protocol",
+        "max_packet_size",
+        "receive_maximum",
+        "max_inflight",
+        "max_queued_messages",
+        "queue_overflow",
+        "queue_qos0_offline",
+        "max_keepalive",
+        "topic_alias_maximum",
+        "max_session_expiry",
+        "max_message_expiry",
+        "connect_timeout",
+        "max_topic_levels",
+        "max_topic_length",
+        "max_subscriptions_per_client",
+        "maximum_qos",
+        "retain_available",
+        "max_client_id_length",
+        "interval",
+        "filter",
+    ] {
+        assert!(
+            EXAMPLE.contains(&format!("\n{key} = ")) || EXAMPLE.contains(&format!("# {key} = ")),
+            "{key}"
+        );
+    }
+}
+
+#[test]
+fn full_config_parses() {
+    let c = parse(
+        r#"
+[[listener]]
+name = "lan"
+bind = "0.0.0.0:1883"
+
+[[listener]]
+bind = "[::1]:1884"
+
+[limits]
+max_packet_size = 65536
+receive_maximum = 10
+maximum_qos = 1
+queue_overflow = "drop-newest"
+max_message_expiry = 3600
+connect_timeout = 5
+
+[sys]
+interval = 0
+
+[log]
+filter = "warn,moat=debug"
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.listeners.len(), 2);
+    assert_eq!(c.listeners[0].name, "lan");
+    assert_eq!(c.listeners[1].name, "listener-1");
+    assert_eq!(
+        c.listeners[1].bind,
+        "[::1]:1884".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(c.limits.max_packet_size, 65536);
+    assert_eq!(c.limits.receive_maximum, 10);
+    assert_eq!(c.limits.maximum_qos, QoS::AtLeastOnce);
+    assert_eq!(c.limits.queue_overflow, QueueOverflow::DropNewest);
+    assert_eq!(c.limits.max_message_expiry, Some(3600));
+    assert_eq!(c.limits.connect_timeout, Duration::from_secs(5));
+    assert_eq!(c.limits.max_inflight, 64, "unset keys keep their defaults");
+    assert!(!c.sys.enabled());
+    assert_eq!(c.log.filter, "warn,moat=debug");
+}
+
+#[test]
+fn dotted_and_inline_tables_work() {
+    let c = parse("limits.max_inflight = 5\nlistener = [{ bind = \"127.0.0.1:1\" }]\n").unwrap();
+    assert_eq!(c.limits.max_inflight, 5);
+    assert_eq!(c.listeners[0].name, "listener-0");
+}
+
+#[test]
+fn listen_overrides_replace_the_listeners() {
+    let mut c = Config::default();
+    c.apply_listen_overrides(&[]);
+    assert_eq!(c, Config::default());
+    let addrs: Vec<SocketAddr> = vec![
+        "0.0.0.0:1883".parse().unwrap(),
+        "[::]:1884".parse().unwrap(),
+    ];
+    c.apply_listen_overrides(&addrs);
+    assert_eq!(c.listeners.len(), 2);
+    assert_eq!(c.listeners[0].name, "listen-0");
+    assert_eq!(c.listeners[0].bind, addrs[0]);
+    assert_eq!(c.listeners[1].name, "listen-1");
+    assert_eq!(c.listeners[1].bind, addrs[1]);
+    assert_eq!(c.listeners[1].protocol, Protocol::Tcp);
+}
+
+#[test]
+fn keep_alive_and_inflight_helpers() {
+    let mut l = Limits::default();
+    assert_eq!(
+        l.server_keep_alive(0),
+        None,
+        "65535 leaves the client's choice alone"
+    );
+    assert_eq!(l.server_keep_alive(60), None);
+    l.max_keepalive = 300;
+    assert_eq!(l.server_keep_alive(0), Some(300));
+    assert_eq!(l.server_keep_alive(301), Some(300));
+    assert_eq!(l.server_keep_alive(300), None);
+    assert_eq!(l.server_keep_alive(60), None);
+    assert_eq!(l.inflight_window(65535), 64);
+    assert_eq!(l.inflight_window(10), 10);
+}
+
+#[test]
+fn load_reads_a_file_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.toml");
+    std::fs::write(&path, "[limits]\nmax_inflight = 7\n").unwrap();
+    assert_eq!(Config::load(&path).unwrap().limits.max_inflight, 7);
+
+    std::fs::write(&path, "[limits]\nmax_inflight = 0\n").unwrap();
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "{}:2: limits.max_inflight: must be between 1 and 65535, got 0",
+            path.display()
+        )
+    );
+
+    let missing = dir.path().join("missing.toml");
+    let err = Config::load(&missing).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: cannot read: ", missing.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn receive_maximum_zero_reads_exactly_as_documented() {
+    let text = "# moat\n\n[log]\nfilter = \"info\"\n\n[limits]\nreceive_maximum = 0\n";
+    assert_eq!(
+        parse(text).unwrap_err().to_string(),
+        "moat.toml:7: limits.receive_maximum: must be between 1 and 65535, got 0"
+    );
+}
+
+#[test]
+fn syntax_error_without_a_key_names_what_it_can() {
+    // Inside a table, the table is the best guess at a key.
+    let shown = parse("[sys]\ninterval = 5\n\nthis is not toml\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        shown.starts_with("moat.toml:4: sys: invalid TOML: "),
+        "{shown}"
+    );
+    // Outside any table there is none.
+    let shown = parse("# moat\nthis is not toml\n").unwrap_err().to_string();
+    assert!(shown.starts_with("moat.toml:2: invalid TOML: "), "{shown}");
+}
+
+/// Bad configurations: (what, text, line, key, a fragment of the message).
+const BAD: &[(&str, &str, usize, &str, &str)] = &[
+    (
+        "syntax: broken header",
+        "[sys]\ninterval = 5\n[limits\nmax_inflight = 1\n",
+        3,
+        "limits",
+        "invalid TOML",
+    ),
+    (
+        "unknown key in inline table",
+        "listener = [\n  { bind = \"127.0.0.1:1\" },\n  { bind = \"127.0.0.1:2\", nmae = \"x\" },\n]\n",
+        3,
+        "listener[1].nmae",
+        "unknown field `nmae`",
+    ),
+    (
+        "float for integer",
+        "[limits]\nmax_packet_size = 1e6\n",
+        2,
+        "limits.max_packet_size",
+        "invalid type: floating point",
+    ),
+    (
+        "syntax: missing value",
+        "[limits]\nmax_inflight = 1\nreceive_maximum =\n",
+        3,
+        "limits.receive_maximum",
+        "invalid TOML",
+    ),
+    (
+        "syntax: unterminated string",
+        "\n[[listener]]\nbind = \"127.0.0.1:1883\n",
+        3,
+        "listener[0].bind",
+        "invalid TOML",
+    ),
+    (
+        "syntax: second listener",
+        "[[listener]]\nname = \"a\"\n[[listener]]\nname = 'b\n",
+        4,
+        "listener[1].name",
+        "invalid TOML",
+    ),
+    (
+        "syntax: duplicate key",
+        "[limits]\nmax_inflight = 1\nmax_inflight = 2\n",
+        3,
+        "limits.max_inflight",
+        "duplicate key",
+    ),
+    (
+        "unknown top-level table",
+        "[limits]\nmax_inflight = 1\n\n[bogus]\nx = 1\n",
+        4,
+        "bogus",
+        "unknown field `bogus`",
+    ),
+    (
+        "unknown key",
+        "[limits]\nmax_inflight = 1\nrecieve_maximum = 5\n",
+        3,
+        "limits.recieve_maximum",
+        "unknown field `recieve_maximum`",
+    ),
+    (
+        "unknown listener key",
+        "[[listener]]\nname = \"a\"\n[[listener]]\nname = \"b\"\nport = 1883\n",
+        5,
+        "listener[1].port",
+        "unknown field `port`",
+    ),
+    (
+        "wrong type",
+        "[sys]\n\ninterval = \"10s\"\n",
+        3,
+        "sys.interval",
+        "invalid type: string \"10s\", expected a whole number of seconds",
+    ),
+    (
+        "wrong type bool",
+        "[limits]\nretain_available = \"yes\"\n",
+        2,
+        "limits.retain_available",
+        "invalid type",
+    ),
+    (
+        "listener not an array",
+        "listener = 5\n",
+        1,
+        "listener",
+        "invalid type",
+    ),
+    (
+        "out of range",
+        "[limits]\nreceive_maximum = 0\n",
+        2,
+        "limits.receive_maximum",
+        "must be between 1 and 65535, got 0",
+    ),
+    (
+        "out of type range",
+        "[limits]\n\nmax_inflight = 70000\n",
+        3,
+        "limits.max_inflight",
+        "must be between 1 and 65535, got 70000",
+    ),
+    (
+        "negative",
+        "[limits]\nmax_queued_messages = -1\n",
+        2,
+        "limits.max_queued_messages",
+        "must be between 0 and 4294967295, got -1",
+    ),
+    (
+        "packet size",
+        "[limits]\nmax_packet_size = 268435461\n",
+        2,
+        "limits.max_packet_size",
+        "must be between 2 and 268435460",
+    ),
+    (
+        "client id length",
+        "[limits]\nmax_client_id_length = 22\n",
+        2,
+        "limits.max_client_id_length",
+        "must be between 23 and 65535, got 22",
+    ),
+    (
+        "message expiry zero",
+        "[limits]\nmax_message_expiry = 0\n",
+        2,
+        "limits.max_message_expiry",
+        "must be between 1",
+    ),
+    (
+        "connect timeout zero",
+        "[limits]\nconnect_timeout = 0\n",
+        2,
+        "limits.connect_timeout",
+        "must be between 1 and 3600",
+    ),
+    (
+        "qos",
+        "[limits]\nmaximum_qos = 3\n",
+        2,
+        "limits.maximum_qos",
+        "must be 0, 1 or 2, got 3",
+    ),
+    (
+        "dotted key out of range",
+        "limits.max_topic_levels = 0\n",
+        1,
+        "limits.max_topic_levels",
+        "must be between 1",
+    ),
+    (
+        "duplicate listener name",
+        "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\n\n[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:2\"\n",
+        6,
+        "listener[1].name",
+        "duplicate listener name \"a\"",
+    ),
+    (
+        "duplicate defaulted name",
+        "[[listener]]\nname = \"listener-1\"\nbind = \"127.0.0.1:1\"\n[[listener]]\nbind = \"127.0.0.1:2\"\n",
+        4,
+        "listener[1].name",
+        "duplicate listener name",
+    ),
+    (
+        "duplicate bind",
+        "[[listener]]\nname = \"a\"\n[[listener]]\nname = \"b\"\n",
+        3,
+        "listener[1].bind",
+        "already the address of listener[0]",
+    ),
+    (
+        "no listeners",
+        "\nlistener = []\n",
+        2,
+        "listener",
+        "at least one listener",
+    ),
+    (
+        "bad socket addr",
+        "[[listener]]\nname = \"a\"\nbind = \"localhost:1883\"\n",
+        3,
+        "listener[0].bind",
+        "got \"localhost:1883\"",
+    ),
+    (
+        "socket addr without port",
+        "[[listener]]\nbind = \"0.0.0.0\"\n",
+        2,
+        "listener[0].bind",
+        "expected an IP address and port",
+    ),
+    (
+        "bad enum value",
+        "[[listener]]\nname = \"a\"\nprotocol = \"tls\"\n",
+        3,
+        "listener[0].protocol",
+        "unknown variant `tls`",
+    ),
+    (
+        "bad overflow policy",
+        "[limits]\nqueue_overflow = \"drop-all\"\n",
+        2,
+        "limits.queue_overflow",
+        "unknown variant `drop-all`",
+    ),
+    (
+        "bad log filter",
+        "[log]\nfilter = \"moat=loud\"\n",
+        2,
+        "log.filter",
+        "invalid filter",
+    ),
+    (
+        "negative seconds",
+        "[sys]\ninterval = -5\n",
+        2,
+        "sys.interval",
+        "must be between 0 and 86400, got -5",
+    ),
+    (
+        "sys interval",
+        "[sys]\ninterval = 86401\n",
+        2,
+        "sys.interval",
+        "must be between 0 and 86400",
+    ),
+];
+
+#[test]
+fn bad_configs_name_file_line_and_key() {
+    for &(what, text, line, key, fragment) in BAD {
+        let err = match parse(text) {
+            Ok(_) => panic!("{what}: parsed"),
+            Err(e) => e,
+        };
+        let shown = err.to_string();
+        let prefix = format!("moat.toml:{line}: {key}: ");
+        assert!(
+            shown.starts_with(&prefix),
+            "{what}: expected prefix {prefix:?}, got {shown:?}"
+        );
+        assert!(
+            shown.contains(fragment),
+            "{what}: expected {fragment:?} in {shown:?}"
+        );
+        assert!(!shown.contains('\n'), "{what}: one line please: {shown:?}");
+        match err {
+            ConfigError::Invalid {
+                file,
+                line: Some(l),
+                key: Some(k),
+                ..
+            } => {
+                assert_eq!(
+                    (file.as_str(), l, k.as_str()),
+                    ("moat.toml", line, key),
+                    "{what}"
+                );
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+}

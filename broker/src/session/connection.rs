@@ -1,0 +1,328 @@
+//! The task that serves one connection, from the first byte to the will message.
+//!
+//! One task per connection does everything for it: read and decode, handle, pump the mailbox,
+//! write, keep alive. Doing reads and writes in one `select!` loop (rather than a reader task
+//! and a writer task) keeps the session state single-owner and lock-free, and gives natural
+//! backpressure: while the write buffer is over its high-water mark the task stops reading
+//! from the client and stops taking deliveries from the mailbox, which then applies its own
+//! bound.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use bytestring::ByteString;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::time::Instant;
+
+use super::handshake::{self, Admitted, Refused};
+use super::{Delivery, Kick, Session, SessionRef, SessionState};
+use crate::broker::Shared;
+use crate::codec::{self, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode, Will};
+use crate::policy::{ClientInfo, Identity};
+use crate::store::NEVER_EXPIRES;
+
+/// Stop reading from the client and taking deliveries once this much is waiting to be written.
+pub(super) const WRITE_HIGH_WATER: usize = 256 * 1024;
+
+/// Why a connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum End {
+    /// The client sent DISCONNECT; `with_will` for reason 0x04.
+    Disconnected { with_will: bool },
+    /// The broker closes it, telling a v5 client this reason first (0x8E takeover, 0x8B
+    /// shutdown, 0x81/0x82/... a bad packet, 0x8D keep alive).
+    Closed(ReasonCode),
+    /// The socket closed or failed.
+    Lost,
+}
+
+/// A connection past its handshake: the client, its session, and the negotiated limits.
+pub(super) struct Conn<IO> {
+    pub shared: Arc<Shared>,
+    reader: ReadHalf<IO>,
+    writer: WriteHalf<IO>,
+    pub rbuf: BytesMut,
+    pub wbuf: BytesMut,
+    pub version: ProtocolVersion,
+    pub client: ClientInfo,
+    pub identity: Identity,
+    pub session: Arc<Session>,
+    pub me: SessionRef,
+    pub state: tokio::sync::OwnedMutexGuard<SessionState>,
+    generation: u64,
+    kick: Arc<Kick>,
+    /// 1.5 times the keep alive (MQTT-3.1.2-24), `None` when it is 0.
+    keep_alive: Option<Duration>,
+    last_packet: Instant,
+    /// The client's Maximum Packet Size (MQTT-3.1.2-24): larger packets are not sent to it.
+    pub client_max_packet: u32,
+    /// The client's Receive Maximum: our outbound QoS 1/2 window (MQTT-4.9.0-1).
+    pub send_window: usize,
+    /// The client's Topic Alias Maximum: aliases we may use towards it.
+    pub client_alias_max: u16,
+    /// Topic aliases the client set, index alias - 1 (section 3.3.2.3.4).
+    pub inbound_aliases: Vec<Option<ByteString>>,
+    /// Topic aliases we set towards the client.
+    pub outbound_aliases: HashMap<ByteString, u16>,
+    /// The client allows reason strings and user properties on acknowledgements (MQTT-3.1.2-29).
+    pub problem_info: bool,
+    will: Option<Will>,
+    pub scratch: Vec<Delivery>,
+}
+
+/// Serves one accepted socket until it closes.
+pub async fn serve<IO>(shared: Arc<Shared>, io: IO, remote: SocketAddr, listener: Arc<str>)
+where
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(io);
+    let mut rbuf = BytesMut::with_capacity(4096);
+    let connect = match handshake::read_connect(&shared, &mut reader, &mut rbuf).await {
+        Ok(c) => c,
+        Err(Refused::ConnAck(version, denial)) => {
+            handshake::send_refusal(&shared, &mut writer, version, denial).await;
+            return;
+        }
+        Err(Refused::Silent) => return,
+    };
+    let Some(mut conn) =
+        handshake::accept(shared, connect, reader, writer, rbuf, remote, listener).await
+    else {
+        return;
+    };
+    let end = conn.run().await;
+    conn.finish(end).await;
+}
+
+impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
+    /// Sets up the served connection and queues its CONNACK and resent inflight messages.
+    pub(super) async fn start(
+        shared: Arc<Shared>,
+        admitted: Admitted,
+        reader: ReadHalf<IO>,
+        writer: WriteHalf<IO>,
+        rbuf: BytesMut,
+    ) -> Conn<IO> {
+        let limits = &shared.config.limits;
+        let connect = &admitted.connect;
+        let version = connect.protocol;
+
+        // Keep alive, possibly overridden by the server (section 3.2.2.3.14).
+        let mut keep_alive = connect.keep_alive;
+        let mut server_keep_alive = None;
+        if version == ProtocolVersion::V5
+            && (keep_alive == 0 || keep_alive > limits.max_keepalive)
+            && limits.max_keepalive < u16::MAX
+        {
+            keep_alive = limits.max_keepalive;
+            server_keep_alive = Some(keep_alive);
+        }
+        let connack = handshake::connack(&shared, &admitted, server_keep_alive);
+
+        let p = &connect.properties;
+        let mut conn = Conn {
+            version,
+            keep_alive: (keep_alive > 0)
+                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+            last_packet: Instant::now(),
+            client_max_packet: p.maximum_packet_size.unwrap_or(u32::MAX),
+            send_window: usize::from(p.receive_maximum.unwrap_or(u16::MAX))
+                .min(usize::from(limits.max_inflight)),
+            client_alias_max: p.topic_alias_maximum.unwrap_or(0),
+            inbound_aliases: Vec::new(),
+            outbound_aliases: HashMap::new(),
+            problem_info: p.request_problem_information != Some(0),
+            will: admitted.connect.will.clone(),
+            me: SessionRef::new(&admitted.session),
+            client: admitted.client,
+            identity: admitted.identity,
+            session: admitted.session,
+            state: admitted.state,
+            generation: admitted.generation,
+            kick: admitted.kick,
+            reader,
+            writer,
+            rbuf,
+            wbuf: BytesMut::with_capacity(4096),
+            scratch: Vec::new(),
+            shared,
+        };
+        conn.shared.metrics.client_connected();
+        conn.send(&connack);
+        if conn.state.expiry_interval > 0 {
+            conn.persist_session().await;
+        }
+        conn.session.set_online(true);
+        // MQTT-4.4.0-1: resend unacknowledged PUBLISH (DUP) and PUBREL on a resumed session.
+        conn.resend_inflight();
+        tracing::debug!(client = %conn.client.client_id, remote = %conn.client.remote_addr,
+            present = admitted.session_present, "client connected");
+        conn
+    }
+
+    /// Appends a packet to the write buffer, first dropping what the client said it does not
+    /// want: oversized packets are not sent (MQTT-3.1.2-24); a reason string or user
+    /// properties that make an acknowledgement too large are removed first (MQTT-3.1.2-25).
+    pub fn send(&mut self, packet: &Packet) -> bool {
+        let len = codec::encoded_len(packet, self.version);
+        if len as u64 > u64::from(self.client_max_packet) {
+            return false;
+        }
+        let before = self.wbuf.len();
+        codec::encode(packet, self.version, &mut self.wbuf);
+        self.shared.metrics.packet_sent(self.wbuf.len() - before);
+        true
+    }
+
+    /// Serves packets until the connection ends.
+    async fn run(&mut self) -> End {
+        let shutdown = self.shared.shutdown.clone();
+        let kick = self.kick.clone();
+        let session = self.session.clone();
+        let mut keep_alive_timer = pin!(tokio::time::sleep(
+            self.keep_alive.unwrap_or(Duration::MAX / 4)
+        ));
+        loop {
+            self.pump();
+            let can_read = self.wbuf.len() < WRITE_HIGH_WATER;
+            let can_pump = can_read && self.window_open();
+            tokio::select! {
+                biased;
+                reason = kick.wait() => return End::Closed(reason),
+                _ = shutdown.cancelled() => return End::Closed(ReasonCode::SERVER_SHUTTING_DOWN),
+                r = self.writer.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => {
+                    if !matches!(r, Ok(n) if n > 0) {
+                        return End::Lost;
+                    }
+                }
+                r = self.reader.read_buf(&mut self.rbuf), if can_read => {
+                    match r {
+                        Ok(0) | Err(_) => return End::Lost,
+                        Ok(_) => {
+                            self.last_packet = Instant::now();
+                            if let Some(end) = self.handle_frames().await {
+                                return end;
+                            }
+                        }
+                    }
+                }
+                _ = session.woken(), if can_pump => {}
+                _ = &mut keep_alive_timer, if self.keep_alive.is_some() => {
+                    let ka = self.keep_alive.unwrap_or_default();
+                    let deadline = self.last_packet + ka;
+                    if Instant::now() >= deadline {
+                        // MQTT-3.1.2-24: no packet within 1.5 x keep alive.
+                        return End::Closed(ReasonCode::KEEP_ALIVE_TIMEOUT);
+                    }
+                    keep_alive_timer.as_mut().reset(deadline);
+                }
+            }
+        }
+    }
+
+    /// Decodes and handles every whole packet in the read buffer.
+    async fn handle_frames(&mut self) -> Option<End> {
+        loop {
+            let n = match codec::check(&self.rbuf, self.shared.config.limits.max_packet_size) {
+                Ok(Some(n)) => n,
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::debug!(client = %self.client.client_id, error = %e, "bad packet");
+                    return Some(End::Closed(e.reason_code()));
+                }
+            };
+            let frame = self.rbuf.split_to(n).freeze();
+            self.shared.metrics.packet_received(n);
+            let packet = match codec::decode(frame, Some(self.version)) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(client = %self.client.client_id, error = %e, "bad packet");
+                    return Some(End::Closed(e.reason_code()));
+                }
+            };
+            if let Some(end) = self.handle(packet).await {
+                return Some(end);
+            }
+            if self.wbuf.len() >= WRITE_HIGH_WATER {
+                // Let the writer catch up before reading more; the rest stays buffered.
+                return None;
+            }
+        }
+    }
+
+    /// Ends the connection: tell the client why (v5), flush, publish the will if due, and
+    /// either keep the session for its expiry interval or end it.
+    async fn finish(mut self, end: End) {
+        let send_will = match end {
+            End::Disconnected { with_will } => with_will,
+            End::Closed(ReasonCode::SERVER_SHUTTING_DOWN) => false,
+            End::Closed(_) | End::Lost => true,
+        };
+        if let End::Closed(reason) = end
+            && self.version == ProtocolVersion::V5
+        {
+            // MQTT-4.13.1-1 / section 4.13.2: DISCONNECT with the reason, then close.
+            self.send(&Packet::Disconnect(Disconnect {
+                reason_code: reason,
+                properties: Properties::default(),
+            }));
+        }
+        if end != End::Lost && !self.wbuf.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                self.writer.write_all_buf(&mut self.wbuf).await?;
+                self.writer.flush().await
+            })
+            .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.writer.shutdown()).await;
+        self.session.set_online(false);
+
+        let will = self.will.take().filter(|_| send_will);
+        let expiry = self.state.expiry_interval;
+        if let Some(will) = will {
+            self.shared.publish_will(
+                will,
+                self.client.clone(),
+                self.identity.clone(),
+                self.session.clone(),
+                self.generation,
+                expiry,
+            );
+        }
+        // Whoever took the session over now owns it; otherwise it ends or starts expiring.
+        let detached = self.session.detach(self.generation);
+        self.shared
+            .metrics
+            .client_disconnected(detached && expiry > 0);
+        if detached {
+            if expiry == 0 {
+                self.shared.end_session(&self.session, &self.state).await;
+            } else if expiry != NEVER_EXPIRES {
+                self.shared
+                    .schedule_expiry(self.session.clone(), self.generation, expiry);
+            }
+        }
+        tracing::debug!(client = %self.client.client_id, ?end, "client disconnected");
+    }
+
+    /// Records the session in the store (persistent sessions only).
+    pub async fn persist_session(&mut self) {
+        if self.state.expiry_interval == 0 {
+            return;
+        }
+        let record = self.state.record(&self.client.client_id);
+        if let Err(e) = self
+            .shared
+            .store
+            .apply(crate::store::Change::SessionSaved(record))
+            .get()
+            .await
+        {
+            tracing::error!(client = %self.client.client_id, error = %e, "could not save session");
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! From socket to a served session: read CONNECT, validate it, authenticate, take over or
+//! resume the session, answer CONNACK.
+//!
+//! Everything here happens before the client is trusted, so it is bounded: the CONNECT must
+//! arrive within `limits.connect_timeout` and fit `limits.max_packet_size`, and a refused
+//! client gets the matching reason code (or 3.1.1 return code) before the socket closes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+
+use super::connection::Conn;
+use super::{Kick, Session, SessionRef, SessionState};
+use crate::broker::Shared;
+use crate::codec::{
+    self, Auth, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolVersion, QoS, ReasonCode,
+};
+use crate::policy::{AuthOutcome, ClientInfo, Credentials, Denial, Identity, Verdict};
+use crate::topic;
+
+/// Why the handshake did not produce a session.
+pub(super) enum Refused {
+    /// Answer with a CONNACK carrying this code (in the client's protocol), then close.
+    ConnAck(ProtocolVersion, Denial),
+    /// Close without a word: timeout, I/O error, or a peer that is not speaking MQTT.
+    Silent,
+}
+
+/// Reads the first packet, which must be CONNECT (MQTT-3.1.0-1).
+pub(super) async fn read_connect<IO: AsyncRead>(
+    shared: &Shared,
+    reader: &mut ReadHalf<IO>,
+    rbuf: &mut BytesMut,
+) -> Result<Box<Connect>, Refused> {
+    let limits = &shared.config.limits;
+    let max = limits.max_packet_size;
+    let read = async {
+        loop {
+            match codec::check(rbuf, max) {
+                Ok(Some(n)) => {
+                    let frame = rbuf.split_to(n).freeze();
+                    shared.metrics.packet_received(n);
+                    return decode_connect(frame);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(refuse_decode(codec::connect_version(rbuf), &e)),
+            }
+            match reader.read_buf(rbuf).await {
+                Ok(0) | Err(_) => return Err(Refused::Silent),
+                Ok(_) => {}
+            }
+        }
+    };
+    match tokio::time::timeout(limits.connect_timeout, read).await {
+        Ok(r) => r,
+        Err(_) => Err(Refused::Silent),
+    }
+}
+
+fn decode_connect(frame: Bytes) -> Result<Box<Connect>, Refused> {
+    match codec::decode(frame.clone(), None) {
+        Ok(Packet::Connect(c)) => Ok(c),
+        Ok(_) => Err(Refused::Silent),
+        Err(e) => Err(refuse_decode(codec::connect_version(&frame), &e)),
+    }
+}
+
+fn refuse_decode(version: Option<ProtocolVersion>, e: &DecodeError) -> Refused {
+    let denial = Denial {
+        reason: e.reason_code(),
+        message: Some(e.to_string()),
+    };
+    match (version, e) {
+        // MQTT-3.1.2-2: an unsupported level gets return code 0x01 / reason 0x84.
+        (_, DecodeError::UnsupportedProtocol(_)) => {
+            Refused::ConnAck(version.unwrap_or(ProtocolVersion::V311), denial)
+        }
+        // MQTT-4.13.1-1 (v5): CONNACK with the reason code before closing.
+        (Some(ProtocolVersion::V5), _) => Refused::ConnAck(ProtocolVersion::V5, denial),
+        // 3.1.1 has no code for a malformed CONNECT: close (MQTT-4.8.0-1 of 3.1.1).
+        _ => Refused::Silent,
+    }
+}
+
+/// Sends a refusing CONNACK and flushes it.
+pub(super) async fn send_refusal<IO: AsyncWrite>(
+    shared: &Shared,
+    writer: &mut WriteHalf<IO>,
+    version: ProtocolVersion,
+    denial: Denial,
+) {
+    let mut properties = Properties::default();
+    if version == ProtocolVersion::V5 {
+        properties.reason_string = denial.message.map(ByteString::from);
+    }
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason_code: denial.reason,
+        properties,
+    });
+    let mut out = BytesMut::new();
+    codec::encode(&connack, version, &mut out);
+    shared.metrics.connect_refused();
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        writer.write_all(&out).await?;
+        writer.flush().await
+    })
+    .await;
+}
+
+static ASSIGNED: AtomicU64 = AtomicU64::new(0);
+
+/// A client identifier for a client that sent an empty one (MQTT-3.1.3-6): unique in this
+/// process, and unlikely to collide with one a client picks.
+fn assign_client_id() -> ByteString {
+    let n = ASSIGNED.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    ByteString::from(format!("moat-{t:x}-{n}"))
+}
+
+fn deny(reason: ReasonCode, message: &str) -> Denial {
+    Denial {
+        reason,
+        message: Some(message.to_owned()),
+    }
+}
+
+/// Validates CONNECT, authenticates, and attaches the session: the whole way from a decoded
+/// CONNECT to a connection ready to serve (its CONNACK is in the write buffer).
+pub(super) async fn accept<IO: AsyncRead + AsyncWrite>(
+    shared: Arc<Shared>,
+    connect: Box<Connect>,
+    reader: ReadHalf<IO>,
+    mut writer: WriteHalf<IO>,
+    rbuf: BytesMut,
+    remote: SocketAddr,
+    listener: Arc<str>,
+) -> Option<Conn<IO>> {
+    let version = connect.protocol;
+    match admit(&shared, connect, remote, listener).await {
+        Ok(admitted) => Some(Conn::start(shared, admitted, reader, writer, rbuf).await),
+        Err(denial) => {
+            tracing::debug!(%remote, reason = denial.reason.0, msg = ?denial.message, "connect refused");
+            send_refusal(&shared, &mut writer, version, denial).await;
+            None
+        }
+    }
+}
+
+/// What the handshake established, for [`Conn::start`].
+pub(super) struct Admitted {
+    pub connect: Box<Connect>,
+    pub client: ClientInfo,
+    pub identity: Identity,
+    pub assigned_id: bool,
+    pub session: Arc<Session>,
+    pub state: tokio::sync::OwnedMutexGuard<SessionState>,
+    pub session_present: bool,
+    pub generation: u64,
+    pub kick: Arc<Kick>,
+}
+
+async fn admit(
+    shared: &Arc<Shared>,
+    mut connect: Box<Connect>,
+    remote: SocketAddr,
+    listener: Arc<str>,
+) -> Result<Admitted, Denial> {
+    let limits = &shared.config.limits;
+    let version = connect.protocol;
+
+    // Client identifier (section 3.1.3.1).
+    let mut assigned_id = false;
+    if connect.client_id.is_empty() {
+        if version == ProtocolVersion::V311 && !connect.clean_start {
+            // MQTT-3.1.3-8: an empty id needs clean session 1 in 3.1.1.
+            return Err(deny(
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                "an empty client identifier needs clean session",
+            ));
+        }
+        connect.client_id = assign_client_id();
+        assigned_id = true;
+    } else if connect.client_id.len() > limits.max_client_id_length as usize {
+        return Err(deny(
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "client identifier too long",
+        ));
+    }
+
+    // The will is a publish like any other: same topic rules, same broker limits.
+    if let Some(will) = &connect.will {
+        if topic::validate_topic_name(&will.topic).is_err()
+            || !shared.topic_within_limits(&will.topic)
+        {
+            return Err(deny(ReasonCode::TOPIC_NAME_INVALID, "invalid will topic"));
+        }
+        if will.topic.starts_with('$') {
+            return Err(deny(
+                ReasonCode::NOT_AUTHORIZED,
+                "clients may not publish to $ topics",
+            ));
+        }
+        if will.qos > limits.maximum_qos {
+            // MQTT-3.2.2-12
+            return Err(deny(
+                ReasonCode::QOS_NOT_SUPPORTED,
+                "will QoS above the maximum",
+            ));
+        }
+        if will.retain && !limits.retain_available {
+            // MQTT-3.2.2-13
+            return Err(deny(
+                ReasonCode::RETAIN_NOT_SUPPORTED,
+                "retain is not available",
+            ));
+        }
+    }
+
+    let client = ClientInfo {
+        client_id: connect.client_id.clone(),
+        username: connect.username.clone(),
+        remote_addr: remote,
+        listener,
+        protocol: version,
+    };
+    if let Verdict::Deny(d) = shared.policy.on_connect(&client).get().await {
+        return Err(d);
+    }
+    let identity = authenticate(shared, &client, &connect).await?;
+
+    // Session expiry (section 3.1.2.11.2); 3.1.1 maps clean session onto it.
+    let expiry = match version {
+        ProtocolVersion::V5 => connect
+            .properties
+            .session_expiry_interval
+            .unwrap_or(0)
+            .min(limits.max_session_expiry),
+        ProtocolVersion::V311 if connect.clean_start => 0,
+        // max_session_expiry defaults to NEVER_EXPIRES: "never" unless capped.
+        ProtocolVersion::V311 => limits.max_session_expiry,
+    };
+
+    let kick = Arc::new(Kick::default());
+    let Some((session, mut state, session_present, generation)) = shared
+        .take_session(
+            &connect.client_id,
+            connect.clean_start,
+            version,
+            kick.clone(),
+        )
+        .await
+    else {
+        return Err(deny(
+            ReasonCode::SESSION_TAKEN_OVER,
+            "a newer connection took the session",
+        ));
+    };
+    state.protocol = version;
+    state.expiry_interval = expiry;
+    Ok(Admitted {
+        connect,
+        client,
+        identity,
+        assigned_id,
+        session,
+        state,
+        session_present,
+        generation,
+        kick,
+    })
+}
+
+async fn authenticate(
+    shared: &Shared,
+    client: &ClientInfo,
+    connect: &Connect,
+) -> Result<Identity, Denial> {
+    let credentials = Credentials {
+        password: connect.password.clone(),
+        auth_method: connect.properties.authentication_method.clone(),
+        auth_data: connect.properties.authentication_data.clone(),
+        user_properties: connect.properties.user_properties.clone(),
+    };
+    match shared.policy.authenticate(client, &credentials).get().await {
+        AuthOutcome::Allow(identity) => Ok(identity),
+        AuthOutcome::Deny(d) => Err(d),
+        // The AUTH exchange (section 4.12) is driven by the plugin runtime, which is the only
+        // policy that can challenge; until it lands a challenge cannot be answered.
+        AuthOutcome::Challenge { .. } => Err(deny(
+            ReasonCode::BAD_AUTHENTICATION_METHOD,
+            "enhanced authentication is not available",
+        )),
+    }
+}
+
+/// The CONNACK for an accepted client (section 3.2.2.3 for the v5 properties).
+pub(super) fn connack(
+    shared: &Shared,
+    admitted: &Admitted,
+    server_keep_alive: Option<u16>,
+) -> Packet {
+    let limits = &shared.config.limits;
+    let connect = &admitted.connect;
+    let mut p = Properties::default();
+    if connect.protocol == ProtocolVersion::V5 {
+        if admitted.assigned_id {
+            p.assigned_client_identifier = Some(connect.client_id.clone());
+        }
+        let asked = connect.properties.session_expiry_interval.unwrap_or(0);
+        if asked != admitted.state.expiry_interval {
+            p.session_expiry_interval = Some(admitted.state.expiry_interval);
+        }
+        p.receive_maximum = Some(limits.receive_maximum);
+        p.maximum_packet_size = Some(limits.max_packet_size);
+        p.topic_alias_maximum = Some(limits.topic_alias_maximum);
+        if limits.maximum_qos < QoS::ExactlyOnce {
+            p.maximum_qos = Some(limits.maximum_qos as u8);
+        }
+        if !limits.retain_available {
+            p.retain_available = Some(0);
+        }
+        p.server_keep_alive = server_keep_alive;
+        if connect.properties.request_response_information == Some(1) {
+            // A prefix the client may build response topics under (section 4.10.2).
+            p.response_information = Some(ByteString::from(format!(
+                "moat/response/{}",
+                connect.client_id
+            )));
+        }
+    }
+    Packet::ConnAck(ConnAck {
+        session_present: admitted.session_present,
+        reason_code: ReasonCode::SUCCESS,
+        properties: p,
+    })
+}
+
+/// Answers an AUTH packet after the handshake. Re-authentication (reason 0x19) belongs to the
+/// plugin runtime; until then an AUTH from a client is a protocol error (MQTT-4.12.0-7 family:
+/// AUTH without an Authentication Method in CONNECT).
+pub(super) fn on_auth(_auth: &Auth) -> ReasonCode {
+    ReasonCode::PROTOCOL_ERROR
+}
+
+impl SessionRef {
+    pub fn new(session: &Arc<Session>) -> SessionRef {
+        SessionRef(session.clone())
+    }
+}

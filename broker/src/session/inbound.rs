@@ -1,0 +1,414 @@
+//! One handler per packet a client sends after CONNECT.
+//!
+//! Each returns `None` to go on serving, or the [`End`] of the connection when the packet
+//! breaks a rule that closes it. Rules are checked in the order the specification gives them,
+//! and broker rules (no client writes to `$` topics, limits) come before any policy is asked.
+
+use std::sync::Arc;
+
+use bytestring::ByteString;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::connection::{Conn, End};
+use super::state::{Phase, Subscribed};
+use super::{Delivery, handshake};
+use crate::codec::{
+    Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, RetainHandling,
+    SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+};
+use crate::message::Message;
+use crate::metrics::DropCause;
+use crate::policy::{PublishInfo, SubscribeVerdict, Verdict};
+use crate::store::Change;
+use crate::topic;
+
+const fn closed(reason: ReasonCode) -> Option<End> {
+    Some(End::Closed(reason))
+}
+
+impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
+    pub(super) async fn handle(&mut self, packet: Packet) -> Option<End> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p).await,
+            Packet::PubAck(r) => self.on_puback(r),
+            Packet::PubRec(r) => self.on_pubrec(r),
+            Packet::PubRel(r) => self.on_pubrel(r),
+            Packet::PubComp(r) => self.on_pubcomp(r),
+            Packet::Subscribe(s) => self.on_subscribe(s).await,
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u).await,
+            Packet::PingReq => {
+                self.send(&Packet::PingResp);
+                None
+            }
+            Packet::Disconnect(d) => self.on_disconnect(d),
+            Packet::Auth(a) => closed(handshake::on_auth(&a)),
+            // A second CONNECT (MQTT-3.1.0-2) or a packet only a server sends.
+            Packet::Connect(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => closed(ReasonCode::PROTOCOL_ERROR),
+        }
+    }
+
+    /// A response packet; reason strings only when the client allows them (MQTT-3.1.2-29).
+    fn response(&self, packet_id: u16, reason: ReasonCode, why: Option<&str>) -> PubResponse {
+        let mut properties = Properties::default();
+        if self.problem_info
+            && let Some(why) = why
+        {
+            properties.reason_string = Some(ByteString::from(why));
+        }
+        PubResponse {
+            packet_id,
+            reason_code: reason,
+            properties,
+        }
+    }
+
+    /// Answers a QoS 1/2 PUBLISH that is not forwarded. 3.1.1 has no negative acknowledgement,
+    /// so there the message is acknowledged and dropped, as Mosquitto does.
+    fn refuse_publish(&mut self, p: &Publish, reason: ReasonCode, why: &str) {
+        let Some(id) = p.packet_id else { return };
+        let reason = if self.version == ProtocolVersion::V5 {
+            reason
+        } else {
+            ReasonCode::SUCCESS
+        };
+        let response = self.response(id, reason, Some(why));
+        match p.qos {
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(response)),
+            QoS::ExactlyOnce => {
+                if !reason.is_error() {
+                    // 3.1.1: the client will send PUBREL; remember the id to answer it.
+                    self.state.inbound_qos2.insert(id);
+                }
+                self.send(&Packet::PubRec(response))
+            }
+            QoS::AtMostOnce => false,
+        };
+    }
+
+    async fn on_publish(&mut self, mut p: Publish) -> Option<End> {
+        let limits = &self.shared.config.limits;
+        self.shared.metrics.publish_received(p.payload.len());
+
+        // Topic alias (section 3.3.2.3.4).
+        if let Some(alias) = p.properties.topic_alias.take() {
+            if alias == 0 || alias > limits.topic_alias_maximum {
+                return closed(ReasonCode::TOPIC_ALIAS_INVALID); // MQTT-3.3.2-9, -10
+            }
+            let slot = usize::from(alias - 1);
+            if p.topic.is_empty() {
+                match self.inbound_aliases.get(slot).cloned().flatten() {
+                    Some(t) => p.topic = t,
+                    None => return closed(ReasonCode::PROTOCOL_ERROR),
+                }
+            } else {
+                if self.inbound_aliases.len() <= slot {
+                    self.inbound_aliases.resize(slot + 1, None);
+                }
+                self.inbound_aliases[slot] = Some(p.topic.clone());
+            }
+        } else if p.topic.is_empty() {
+            return closed(ReasonCode::PROTOCOL_ERROR);
+        }
+        if topic::validate_topic_name(&p.topic).is_err()
+            || !self.shared.topic_within_limits(&p.topic)
+        {
+            return closed(ReasonCode::TOPIC_NAME_INVALID);
+        }
+        if p.qos > limits.maximum_qos {
+            return closed(ReasonCode::QOS_NOT_SUPPORTED); // MQTT-3.2.2-11
+        }
+        if p.retain && !limits.retain_available {
+            return closed(ReasonCode::RETAIN_NOT_SUPPORTED); // MQTT-3.2.2-14
+        }
+        if p.qos == QoS::ExactlyOnce {
+            let id = p.packet_id.unwrap_or(0);
+            if self.state.inbound_qos2.contains(&id) {
+                // A resent QoS 2 PUBLISH we already have: acknowledge, do not forward twice
+                // (MQTT-4.3.3-9 / method A of section 4.3.3).
+                let r = self.response(id, ReasonCode::SUCCESS, None);
+                self.send(&Packet::PubRec(r));
+                return None;
+            }
+            if self.state.inbound_qos2.len() >= usize::from(limits.receive_maximum) {
+                return closed(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED); // MQTT-3.3.4-9
+            }
+        }
+        if p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            // MQTT-3.3.2-4 lets the receiver check what the sender promised.
+            self.shared
+                .metrics
+                .publish_dropped(DropCause::NotAuthorized);
+            self.refuse_publish(
+                &p,
+                ReasonCode::PAYLOAD_FORMAT_INVALID,
+                "payload is not UTF-8",
+            );
+            return None;
+        }
+
+        // Broker rule first: `$` topics belong to the broker, whatever a policy says.
+        let verdict = if p.topic.starts_with('$') {
+            Verdict::Deny(crate::policy::Denial::not_authorized())
+        } else {
+            let info = PublishInfo {
+                topic: &p.topic,
+                qos: p.qos,
+                retain: p.retain,
+                payload_len: p.payload.len(),
+                user_properties: &p.properties.user_properties,
+            };
+            self.shared
+                .policy
+                .authorize_publish(&self.client, &self.identity, info)
+                .get()
+                .await
+        };
+        if let Verdict::Deny(d) = verdict {
+            self.shared
+                .metrics
+                .publish_dropped(DropCause::NotAuthorized);
+            let why = d.message.as_deref().unwrap_or("not authorized");
+            self.refuse_publish(&p, d.reason, why);
+            return None;
+        }
+
+        let packet_id = p.packet_id;
+        let qos = p.qos;
+        let message = Arc::new(Message::from_publish(
+            p,
+            Some(self.client.client_id.clone()),
+            limits.max_message_expiry,
+        ));
+        if let Some(id) = packet_id {
+            // The store accepts the message before it is acknowledged.
+            let change = Change::Accepted {
+                client_id: self.client.client_id.clone(),
+                packet_id: id,
+                message: message.clone(),
+            };
+            if let Err(e) = self.shared.store.apply(change).get().await {
+                tracing::error!(client = %self.client.client_id, error = %e, "store refused a message");
+                if self.version == ProtocolVersion::V311 {
+                    return closed(ReasonCode::UNSPECIFIED_ERROR);
+                }
+                let r = self.response(id, ReasonCode::UNSPECIFIED_ERROR, Some("store failure"));
+                match qos {
+                    QoS::AtLeastOnce => self.send(&Packet::PubAck(r)),
+                    _ => self.send(&Packet::PubRec(r)),
+                };
+                return None;
+            }
+        }
+        if message.retain
+            && let Err(e) = self.shared.retain(&message).await
+        {
+            tracing::error!(error = %e, "could not store a retained message");
+        }
+        let routed = self.shared.publish(message, Some(&self.me));
+
+        if let Some(id) = packet_id {
+            let reason = if routed == 0 && self.version == ProtocolVersion::V5 {
+                ReasonCode::NO_MATCHING_SUBSCRIBERS
+            } else {
+                ReasonCode::SUCCESS
+            };
+            let r = self.response(id, reason, None);
+            if qos == QoS::AtLeastOnce {
+                self.send(&Packet::PubAck(r));
+            } else {
+                self.state.inbound_qos2.insert(id);
+                self.send(&Packet::PubRec(r));
+            }
+        }
+        None
+    }
+
+    fn on_puback(&mut self, r: PubResponse) -> Option<End> {
+        if let Some(i) = self.state.find_outbound(r.packet_id)
+            && self.state.outbound[i].delivery.qos == QoS::AtLeastOnce
+        {
+            self.state.outbound.remove(i);
+            self.shared.metrics.inflight_removed(1);
+        }
+        None
+    }
+
+    fn on_pubrec(&mut self, r: PubResponse) -> Option<End> {
+        let Some(i) = self.state.find_outbound(r.packet_id) else {
+            // MQTT 5: PUBREL with 0x92 for an unknown id (section 3.6.2.1).
+            let resp = self.response(r.packet_id, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND, None);
+            self.send(&Packet::PubRel(resp));
+            return None;
+        };
+        if self.state.outbound[i].delivery.qos != QoS::ExactlyOnce {
+            return closed(ReasonCode::PROTOCOL_ERROR);
+        }
+        if r.reason_code.is_error() {
+            // The receiver refused it: the exchange ends here (section 4.3.3).
+            self.state.outbound.remove(i);
+            self.shared.metrics.inflight_removed(1);
+            return None;
+        }
+        self.state.outbound[i].phase = Phase::Released;
+        self.send(&Packet::PubRel(PubResponse::success(r.packet_id)));
+        None
+    }
+
+    fn on_pubcomp(&mut self, r: PubResponse) -> Option<End> {
+        if let Some(i) = self.state.find_outbound(r.packet_id)
+            && self.state.outbound[i].phase == Phase::Released
+        {
+            self.state.outbound.remove(i);
+            self.shared.metrics.inflight_removed(1);
+        }
+        None
+    }
+
+    fn on_pubrel(&mut self, r: PubResponse) -> Option<End> {
+        // MQTT-4.3.3-11: PUBCOMP with the same id, even for one we no longer know (v5: 0x92).
+        let reason = if self.state.inbound_qos2.remove(&r.packet_id) {
+            ReasonCode::SUCCESS
+        } else if self.version == ProtocolVersion::V5 {
+            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+        } else {
+            ReasonCode::SUCCESS
+        };
+        let resp = self.response(r.packet_id, reason, None);
+        self.send(&Packet::PubComp(resp));
+        None
+    }
+
+    async fn on_subscribe(&mut self, s: Subscribe) -> Option<End> {
+        let limits = &self.shared.config.limits;
+        let identifier = s.properties.subscription_identifiers.first().copied();
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained: Vec<Delivery> = Vec::new();
+        let mut changed = false;
+        for (filter, options) in s.filters {
+            let shared_sub = match topic::parse_shared(&filter) {
+                Ok(s) => s.is_some(),
+                Err(_) => {
+                    codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+                    continue;
+                }
+            };
+            if shared_sub && options.no_local {
+                return closed(ReasonCode::PROTOCOL_ERROR); // MQTT-3.8.3-4
+            }
+            if topic::validate_topic_filter(&filter).is_err() && !shared_sub
+                || !self.shared.topic_within_limits(&filter)
+            {
+                codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            let known = self.state.subscriptions.contains_key(&filter);
+            if !known
+                && self.state.subscriptions.len() >= limits.max_subscriptions_per_client as usize
+            {
+                codes.push(ReasonCode::QUOTA_EXCEEDED);
+                continue;
+            }
+            let verdict = self
+                .shared
+                .policy
+                .authorize_subscribe(&self.client, &self.identity, &filter, options.qos)
+                .get()
+                .await;
+            let check_each_delivery = match verdict {
+                SubscribeVerdict::Allow {
+                    check_each_delivery,
+                } => check_each_delivery,
+                SubscribeVerdict::Deny(d) => {
+                    codes.push(d.reason);
+                    continue;
+                }
+            };
+            // MQTT-3.2.2-9/3.8.4-... : grant at most the server's maximum QoS.
+            let granted = options.qos.min(limits.maximum_qos);
+            let options = SubscriptionOptions {
+                qos: granted,
+                ..options
+            };
+            let existed = self
+                .shared
+                .subscribe(&self.me, &filter, options, identifier);
+            self.state.subscriptions.insert(
+                filter.clone(),
+                Subscribed {
+                    options,
+                    identifier,
+                    check_each_delivery,
+                },
+            );
+            changed = true;
+            codes.push(crate::codec::ReasonCode(granted as u8));
+
+            // Retained messages (section 3.3.1.3, MQTT-3.8.4-4): not for shared subscriptions.
+            let send_retained = !shared_sub
+                && match options.retain_handling {
+                    RetainHandling::OnSubscribe => true,
+                    RetainHandling::OnNewSubscription => !existed,
+                    RetainHandling::Never => false,
+                };
+            if send_retained {
+                self.shared
+                    .retained_for(&filter, granted, identifier, &mut retained);
+            }
+        }
+        self.send(&Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            reason_codes: codes,
+            properties: Properties::default(),
+        }));
+        // After the SUBACK, through the mailbox like any delivery (MQTT-3.3.1-8: RETAIN set).
+        for d in retained {
+            self.session.deliver(d, &self.shared.metrics);
+        }
+        if changed {
+            self.persist_session().await;
+        }
+        None
+    }
+
+    async fn on_unsubscribe(&mut self, u: Unsubscribe) -> Option<End> {
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for filter in &u.filters {
+            // MQTT-3.10.4-1: compared character by character, as sent.
+            let existed = self.state.subscriptions.remove(filter).is_some();
+            if existed {
+                self.shared.unsubscribe(&self.me, filter);
+            }
+            codes.push(if existed {
+                ReasonCode::SUCCESS
+            } else {
+                ReasonCode::NO_SUBSCRIPTION_EXISTED
+            });
+        }
+        self.send(&Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            reason_codes: codes,
+            properties: Properties::default(),
+        }));
+        self.persist_session().await;
+        None
+    }
+
+    fn on_disconnect(&mut self, d: crate::codec::Disconnect) -> Option<End> {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            if self.state.expiry_interval == 0 && expiry != 0 {
+                return closed(ReasonCode::PROTOCOL_ERROR); // MQTT-3.14.2-2
+            }
+            self.state.expiry_interval = expiry.min(self.shared.config.limits.max_session_expiry);
+        }
+        // MQTT-3.14.4-3: a normal DISCONNECT discards the will; 0x04 keeps it.
+        Some(End::Disconnected {
+            with_will: d.reason_code == ReasonCode::DISCONNECT_WITH_WILL,
+        })
+    }
+}

@@ -1,0 +1,148 @@
+//! From mailbox to wire: the inflight window, packet identifiers, topic aliases, expiry.
+//!
+//! QoS 1/2 deliveries are sent only while fewer than the client's Receive Maximum (capped by
+//! `limits.max_inflight`) are unacknowledged (MQTT-4.9.0-2); the rest wait in the mailbox, in
+//! order. A delivery whose message expired while it waited is dropped (MQTT-3.3.2-5), and one
+//! too large for the client is dropped as if sent (MQTT-3.1.2-25).
+
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::Delivery;
+use super::connection::{Conn, WRITE_HIGH_WATER};
+use super::state::{Outbound, Phase};
+use crate::codec::{self, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS};
+use crate::metrics::DropCause;
+
+impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
+    /// True while another QoS 1/2 message may be sent.
+    pub(super) fn window_open(&self) -> bool {
+        self.state.outbound.len() < self.send_window
+    }
+
+    /// Moves deliveries from the mailbox into the write buffer while the window and the write
+    /// buffer allow.
+    pub(super) fn pump(&mut self) {
+        let mut batch = std::mem::take(&mut self.scratch);
+        while self.wbuf.len() < WRITE_HIGH_WATER && self.window_open() {
+            self.session
+                .take_queued(PUMP_BATCH_SIZE, &mut batch, &self.shared.metrics);
+            if batch.is_empty() {
+                break;
+            }
+            let now = Instant::now();
+            let mut drained = batch.drain(..);
+            for d in drained.by_ref() {
+                if d.message.is_expired(now) {
+                    self.shared.metrics.publish_dropped(DropCause::Expired);
+                    continue;
+                }
+                if d.qos == QoS::AtMostOnce {
+                    self.send_delivery(&d, None, false, now);
+                    continue;
+                }
+                if !self.window_open() {
+                    // Keep order: this one and everything after it wait for acknowledgements.
+                    let rest: Vec<Delivery> = std::iter::once(d).chain(drained.by_ref()).collect();
+                    self.session.requeue_front(rest, &self.shared.metrics);
+                    break;
+                }
+                let Some(id) = self.state.next_packet_id() else {
+                    self.session.requeue_front(vec![d], &self.shared.metrics);
+                    break;
+                };
+                if self.send_delivery(&d, Some(id), false, now) {
+                    self.state.outbound.push_back(Outbound {
+                        packet_id: id,
+                        delivery: d,
+                        phase: Phase::Published,
+                    });
+                    self.shared.metrics.inflight_added();
+                }
+            }
+        }
+        batch.clear();
+        self.scratch = batch;
+    }
+
+    /// Resends what a resumed session left unacknowledged, in order (MQTT-4.4.0-1).
+    pub(super) fn resend_inflight(&mut self) {
+        let now = Instant::now();
+        let pending: Vec<(u16, Phase, Delivery)> = self
+            .state
+            .outbound
+            .iter()
+            .map(|o| (o.packet_id, o.phase, o.delivery.clone()))
+            .collect();
+        for (id, phase, d) in pending {
+            match phase {
+                // MQTT-3.3.1-1: DUP set on a resent PUBLISH.
+                Phase::Published => {
+                    self.send_delivery(&d, Some(id), true, now);
+                }
+                Phase::Released => {
+                    self.send(&Packet::PubRel(PubResponse::success(id)));
+                }
+            }
+        }
+    }
+
+    /// Encodes one delivery. False when it was dropped as too large for the client.
+    fn send_delivery(
+        &mut self,
+        d: &Delivery,
+        packet_id: Option<u16>,
+        dup: bool,
+        now: Instant,
+    ) -> bool {
+        let m = &d.message;
+        let mut properties = Properties::default();
+        let mut topic = m.topic.clone();
+        let mut new_alias = None;
+        if self.version == ProtocolVersion::V5 {
+            // MQTT-3.3.2-... : forwarded unaltered, expiry counted down.
+            properties.payload_format_indicator = m.properties.payload_format_indicator;
+            properties.content_type = m.properties.content_type.clone();
+            properties.response_topic = m.properties.response_topic.clone();
+            properties.correlation_data = m.properties.correlation_data.clone();
+            properties.user_properties = m.properties.user_properties.clone();
+            properties.message_expiry_interval = m.remaining_expiry(now);
+            properties.subscription_identifiers = d.identifiers.to_vec();
+            if self.client_alias_max > 0 {
+                if let Some(&alias) = self.outbound_aliases.get(&topic) {
+                    properties.topic_alias = Some(alias);
+                    topic = Default::default();
+                } else if self.outbound_aliases.len() < usize::from(self.client_alias_max) {
+                    // Recorded only once the packet is really sent, below.
+                    new_alias = Some(self.outbound_aliases.len() as u16 + 1);
+                    properties.topic_alias = new_alias;
+                }
+            }
+        }
+        let publish = Packet::Publish(Publish {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic,
+            packet_id,
+            properties,
+            payload: m.payload.clone(),
+        });
+        if codec::encoded_len(&publish, self.version) as u64 > u64::from(self.client_max_packet) {
+            self.shared
+                .metrics
+                .publish_dropped(DropCause::TooLargeForClient);
+            return false;
+        }
+        self.send(&publish);
+        if let Some(alias) = new_alias {
+            self.outbound_aliases.insert(m.topic.clone(), alias);
+        }
+        self.shared.metrics.publish_sent(m.payload.len());
+        true
+    }
+}
+
+/// Deliveries taken from the mailbox at a time.
+const PUMP_BATCH_SIZE: usize = 64;
