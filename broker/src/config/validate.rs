@@ -151,6 +151,7 @@ mod tests {
         // A key of RANGES missing from `ranged_values` (or misspelt) would never be checked.
         let mut config = Config::default();
         config.limits.max_message_expiry = Some(1);
+        config.server.worker_threads = Some(2);
         let values = ranged_values(&config);
         for ((key, min, max), (value_key, value)) in RANGES.iter().zip(values) {
             assert_eq!(*key, value_key);

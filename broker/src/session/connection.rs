@@ -28,6 +28,9 @@ use crate::store::NEVER_EXPIRES;
 /// Stop reading from the client and taking deliveries once this much is waiting to be written.
 pub(super) const WRITE_HIGH_WATER: usize = 256 * 1024;
 
+/// The largest packet MQTT can frame: remaining length maximum plus a 5-byte fixed header.
+const MAX_PACKET: usize = codec::MAX_REMAINING_LENGTH + 5;
+
 /// Why a connection ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum End {
@@ -168,8 +171,9 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
     /// want: oversized packets are not sent (MQTT-3.1.2-24); a reason string or user
     /// properties that make an acknowledgement too large are removed first (MQTT-3.1.2-25).
     pub fn send(&mut self, packet: &Packet) -> bool {
-        let len = codec::encoded_len(packet, self.version);
-        if len as u64 > u64::from(self.client_max_packet) {
+        let len = codec::encoded_len(packet, self.version) as u64;
+        let limit = u64::from(self.client_max_packet).min(MAX_PACKET as u64);
+        if len > limit {
             return false;
         }
         let before = self.wbuf.len();

@@ -93,6 +93,9 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         let limits = &self.shared.config.limits;
         self.shared.metrics.publish_received(p.payload.len());
 
+        if !p.properties.subscription_identifiers.is_empty() {
+            return closed(ReasonCode::PROTOCOL_ERROR); // MQTT-3.3.4-6
+        }
         // Topic alias (section 3.3.2.3.4).
         if let Some(alias) = p.properties.topic_alias.take() {
             if alias == 0 || alias > limits.topic_alias_maximum {

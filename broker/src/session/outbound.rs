@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::Delivery;
 use super::connection::{Conn, WRITE_HIGH_WATER};
 use super::state::{Outbound, Phase};
-use crate::codec::{self, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS};
+use crate::codec::{Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS};
 use crate::metrics::DropCause;
 
 impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
@@ -129,13 +129,12 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             properties,
             payload: m.payload.clone(),
         });
-        if codec::encoded_len(&publish, self.version) as u64 > u64::from(self.client_max_packet) {
+        if !self.send(&publish) {
             self.shared
                 .metrics
                 .publish_dropped(DropCause::TooLargeForClient);
             return false;
         }
-        self.send(&publish);
         if let Some(alias) = new_alias {
             self.outbound_aliases.insert(m.topic.clone(), alias);
         }
