@@ -482,6 +482,16 @@ impl Broker {
         self.shared.metrics.snapshot()
     }
 
+    /// Serves one already-accepted byte stream as an MQTT connection, as a listener would
+    /// (for embedding, in-memory transports and the session fuzz target). Resolves when the
+    /// connection ends.
+    pub async fn serve_connection<IO>(&self, io: IO, remote: SocketAddr, listener: &str)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        crate::session::serve(self.shared.clone(), io, remote, Arc::from(listener)).await
+    }
+
     /// The shared state, for tests and embedding.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
