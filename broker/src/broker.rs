@@ -33,6 +33,9 @@ use crate::session::state::Subscribed;
 use crate::session::{Delivery, Kick, MailboxLimits, Session, SessionRef, SessionState};
 use crate::store::{Change, MemoryStore, NEVER_EXPIRES, Store, StoreError};
 
+/// How often expired retained messages are purged.
+const RETAINED_PURGE_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Broker-wide state shared by every connection; see the module doc.
 pub struct Shared {
     pub config: Config,
@@ -354,6 +357,32 @@ impl Shared {
         self.publish(message, None);
     }
 
+    /// Drops retained messages whose expiry interval has passed (MQTT-3.3.2-5).
+    async fn purge_expired_retained(&self) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        {
+            let mut index = self.retained.write();
+            index.retain(|topic, m| {
+                let keep = !m.is_expired(now);
+                if !keep {
+                    expired.push(ByteString::from(topic));
+                }
+                keep
+            });
+            self.metrics.set_retained(index.len());
+        }
+        for topic in expired {
+            let change = Change::Retained {
+                topic,
+                message: None,
+            };
+            if let Err(e) = self.store.apply(change).get().await {
+                tracing::error!(error = %e, "could not remove an expired retained message");
+            }
+        }
+    }
+
     /// Publishes the broker's own `$SYS` topics, retained (as Mosquitto does).
     async fn publish_sys(&self, loads: &mut crate::sys::LoadAverages) {
         let snapshot = self.metrics.snapshot();
@@ -451,6 +480,20 @@ impl Broker {
             shared
                 .tasks
                 .spawn(crate::net::accept_loop(shared.clone(), name, listener));
+        }
+        {
+            // Expired retained messages are never delivered (checked on subscribe); this only
+            // frees their memory and their store records.
+            let s = shared.clone();
+            shared.tasks.spawn(async move {
+                let mut tick = tokio::time::interval(RETAINED_PURGE_INTERVAL);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => s.purge_expired_retained().await,
+                        _ = s.shutdown.cancelled() => break,
+                    }
+                }
+            });
         }
         if shared.config.sys.enabled() {
             let s = shared.clone();

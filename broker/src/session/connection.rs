@@ -191,6 +191,14 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             self.keep_alive.unwrap_or(Duration::MAX / 4)
         ));
         loop {
+            // Packets already buffered (pipelined behind CONNECT, or left when the write buffer
+            // filled) are handled before waiting for more bytes.
+            if !self.rbuf.is_empty()
+                && self.wbuf.len() < WRITE_HIGH_WATER
+                && let Some(end) = self.handle_frames().await
+            {
+                return end;
+            }
             self.pump();
             let can_read = self.wbuf.len() < WRITE_HIGH_WATER;
             let can_pump = can_read && self.window_open();
@@ -206,12 +214,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
                 r = self.reader.read_buf(&mut self.rbuf), if can_read => {
                     match r {
                         Ok(0) | Err(_) => return End::Lost,
-                        Ok(_) => {
-                            self.last_packet = Instant::now();
-                            if let Some(end) = self.handle_frames().await {
-                                return end;
-                            }
-                        }
+                        Ok(_) => self.last_packet = Instant::now(),
                     }
                 }
                 _ = session.woken(), if can_pump => {}
