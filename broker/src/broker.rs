@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::codec::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions, Will};
+use crate::codec::{ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionOptions, Will};
 use crate::config::Config;
 use crate::message::{Message, MessageProperties, cap_expiry};
 use crate::metrics::{Metrics, MetricsSnapshot};
@@ -125,39 +125,47 @@ impl Shared {
             .await
     }
 
-    /// Retained messages matching a new subscription, as deliveries with RETAIN set.
-    pub fn retained_for(
-        &self,
-        filter: &str,
-        granted: QoS,
-        identifier: Option<u32>,
-        out: &mut Vec<Delivery>,
-    ) {
-        let now = Instant::now();
-        self.retained.read().for_each_match(filter, |_, m| {
-            if m.is_expired(now) {
-                return;
-            }
-            out.push(Delivery {
-                qos: granted.min(m.qos),
-                retain: true,
-                identifiers: identifier.into_iter().collect(),
-                message: m.clone(),
-            });
-        });
-    }
-
     /// Adds a subscription; true if it replaced one with the same filter.
+    ///
+    /// With `with_retained` (a client's SUBSCRIBE to a non-shared filter), the matching retained
+    /// messages are handed to the session as its Retain Handling asks (MQTT-3.3.1-9, -10, -11),
+    /// with RETAIN set (MQTT-3.3.1-8). That happens under the router's write lock: a publisher
+    /// updates the retained index before it routes, so any message routed to the new
+    /// subscription is queued after the retained copies and a stale retained message can never
+    /// overtake a newer live one.
     pub fn subscribe(
         &self,
         session: &SessionRef,
         filter: &str,
         options: SubscriptionOptions,
         identifier: Option<u32>,
+        with_retained: bool,
     ) -> bool {
         let mut router = self.router.write();
         let existed = router.subscribe(filter, session.clone(), options, identifier);
         self.metrics.set_subscriptions(router.len());
+        let send_retained = with_retained
+            && match options.retain_handling {
+                RetainHandling::OnSubscribe => true,
+                RetainHandling::OnNewSubscription => !existed,
+                RetainHandling::Never => false,
+            };
+        if send_retained {
+            let now = Instant::now();
+            self.retained.read().for_each_match(filter, |_, m| {
+                if m.is_expired(now) {
+                    return;
+                }
+                let delivery = Delivery {
+                    qos: options.qos.min(m.qos),
+                    retain: true,
+                    identifiers: identifier.into_iter().collect(),
+                    message: m.clone(),
+                };
+                session.0.deliver(delivery, &self.metrics);
+            });
+        }
+        drop(router);
         existed
     }
 
@@ -220,7 +228,9 @@ impl Shared {
             if !still_current || old.current_generation() != generation {
                 continue;
             }
-            if clean_start {
+            // A session whose expiry is 0 ends with its connection (section 3.1.2.11.2), so a
+            // takeover of it starts afresh even without clean start.
+            if clean_start || guard.expiry_interval == 0 {
                 self.end_session(&old, &guard).await;
                 continue;
             }
@@ -577,7 +587,7 @@ impl Shared {
             let session = Session::new(record.client_id.clone(), state, self.mailbox_limits());
             let me = SessionRef(session.clone());
             for s in &record.subscriptions {
-                self.subscribe(&me, &s.filter, s.options, s.identifier);
+                self.subscribe(&me, &s.filter, s.options, s.identifier, false);
             }
             self.sessions
                 .lock()

@@ -270,11 +270,9 @@ pub(crate) fn decode_into(r: &mut Reader<'_>, ctx: Ctx, p: &mut Properties) -> R
             id::TOPIC_ALIAS_MAXIMUM => {
                 once!(p.topic_alias_maximum, r.u16()?, "Topic Alias Maximum")
             }
-            id::TOPIC_ALIAS => once!(
-                p.topic_alias,
-                non_zero_u16(&mut r, "Topic Alias of 0 (MQTT-3.3.2-8)")?,
-                "Topic Alias"
-            ),
+            // An alias of 0 is checked by the session, not here: it must be answered with
+            // 0x94 Topic Alias invalid (section 3.3.4), which is not a decode error class.
+            id::TOPIC_ALIAS => once!(p.topic_alias, r.u16()?, "Topic Alias"),
             id::MAXIMUM_QOS => once!(
                 p.maximum_qos,
                 zero_or_one(&mut r, "Maximum QoS other than 0 or 1")?,

@@ -31,6 +31,31 @@ pub(super) const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// The largest packet MQTT can frame: remaining length maximum plus a 5-byte fixed header.
 const MAX_PACKET: usize = codec::MAX_REMAINING_LENGTH + 5;
 
+/// The packet without its Reason String and User Properties, which the server must leave out
+/// rather than exceed the client's Maximum Packet Size (MQTT-3.1.2-25 and the per-packet rules
+/// such as MQTT-3.2.2-19, MQTT-3.4.2-2). `None` for a PUBLISH, whose properties belong to the
+/// application message, or when there is nothing to remove.
+pub(super) fn without_diagnostics(packet: &Packet) -> Option<Packet> {
+    let mut packet = packet.clone();
+    let properties = match &mut packet {
+        Packet::ConnAck(p) => &mut p.properties,
+        Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => {
+            &mut p.properties
+        }
+        Packet::SubAck(p) => &mut p.properties,
+        Packet::UnsubAck(p) => &mut p.properties,
+        Packet::Disconnect(p) => &mut p.properties,
+        Packet::Auth(p) => &mut p.properties,
+        _ => return None,
+    };
+    if properties.reason_string.is_none() && properties.user_properties.is_empty() {
+        return None;
+    }
+    properties.reason_string = None;
+    properties.user_properties.clear();
+    Some(packet)
+}
+
 /// Why a connection ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum End {
@@ -87,7 +112,7 @@ where
     let connect = match handshake::read_connect(&shared, &mut reader, &mut rbuf).await {
         Ok(c) => c,
         Err(Refused::ConnAck(version, denial)) => {
-            handshake::send_refusal(&shared, &mut writer, version, denial).await;
+            handshake::send_refusal(&shared, &mut writer, version, denial, None).await;
             return;
         }
         Err(Refused::Silent) => return,
@@ -171,11 +196,19 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
     /// want: oversized packets are not sent (MQTT-3.1.2-24); a reason string or user
     /// properties that make an acknowledgement too large are removed first (MQTT-3.1.2-25).
     pub fn send(&mut self, packet: &Packet) -> bool {
-        let len = codec::encoded_len(packet, self.version) as u64;
         let limit = u64::from(self.client_max_packet).min(MAX_PACKET as u64);
-        if len > limit {
-            return false;
-        }
+        let stripped;
+        let packet = if codec::encoded_len(packet, self.version) as u64 <= limit {
+            packet
+        } else {
+            match without_diagnostics(packet) {
+                Some(p) if codec::encoded_len(&p, self.version) as u64 <= limit => {
+                    stripped = p;
+                    &stripped
+                }
+                _ => return false,
+            }
+        };
         let before = self.wbuf.len();
         codec::encode(packet, self.version, &mut self.wbuf);
         self.shared.metrics.packet_sent(self.wbuf.len() - before);

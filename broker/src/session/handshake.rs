@@ -93,16 +93,24 @@ pub(super) async fn send_refusal<IO: AsyncWrite>(
     writer: &mut WriteHalf<IO>,
     version: ProtocolVersion,
     denial: Denial,
+    client_max_packet: Option<u32>,
 ) {
     let mut properties = Properties::default();
     if version == ProtocolVersion::V5 {
         properties.reason_string = denial.message.map(ByteString::from);
     }
-    let connack = Packet::ConnAck(ConnAck {
+    let mut connack = Packet::ConnAck(ConnAck {
         session_present: false,
         reason_code: denial.reason,
         properties,
     });
+    // MQTT-3.2.2-19: no reason string beyond the client's Maximum Packet Size.
+    if let Some(max) = client_max_packet
+        && codec::encoded_len(&connack, version) as u64 > u64::from(max)
+        && let Some(stripped) = super::connection::without_diagnostics(&connack)
+    {
+        connack = stripped;
+    }
     let mut out = BytesMut::new();
     codec::encode(&connack, version, &mut out);
     shared.metrics.connect_refused();
@@ -145,11 +153,12 @@ pub(super) async fn accept<IO: AsyncRead + AsyncWrite>(
     listener: Arc<str>,
 ) -> Option<Conn<IO>> {
     let version = connect.protocol;
+    let client_max_packet = connect.properties.maximum_packet_size;
     match admit(&shared, connect, remote, listener).await {
         Ok(admitted) => Some(Conn::start(shared, admitted, reader, writer, rbuf).await),
         Err(denial) => {
             tracing::debug!(%remote, reason = denial.reason.0, msg = ?denial.message, "connect refused");
-            send_refusal(&shared, &mut writer, version, denial).await;
+            send_refusal(&shared, &mut writer, version, denial, client_max_packet).await;
             None
         }
     }

@@ -10,11 +10,11 @@ use bytestring::ByteString;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connection::{Conn, End};
+use super::handshake;
 use super::state::{Phase, Subscribed};
-use super::{Delivery, handshake};
 use crate::codec::{
-    Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, RetainHandling,
-    SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+    Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, SubAck, Subscribe,
+    SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 use crate::message::Message;
 use crate::metrics::DropCause;
@@ -291,7 +291,6 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         let limits = &self.shared.config.limits;
         let identifier = s.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(s.filters.len());
-        let mut retained: Vec<Delivery> = Vec::new();
         let mut changed = false;
         for (filter, options) in s.filters {
             let shared_sub = match topic::parse_shared(&filter) {
@@ -338,9 +337,10 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
                 qos: granted,
                 ..options
             };
-            let existed = self
-                .shared
-                .subscribe(&self.me, &filter, options, identifier);
+            // Retained messages go straight into the mailbox, which is pumped only after this
+            // handler has queued the SUBACK. None for shared subscriptions (section 4.8.2).
+            self.shared
+                .subscribe(&self.me, &filter, options, identifier, !shared_sub);
             self.state.subscriptions.insert(
                 filter.clone(),
                 Subscribed {
@@ -351,28 +351,12 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             );
             changed = true;
             codes.push(crate::codec::ReasonCode(granted as u8));
-
-            // Retained messages (section 3.3.1.3, MQTT-3.8.4-4): not for shared subscriptions.
-            let send_retained = !shared_sub
-                && match options.retain_handling {
-                    RetainHandling::OnSubscribe => true,
-                    RetainHandling::OnNewSubscription => !existed,
-                    RetainHandling::Never => false,
-                };
-            if send_retained {
-                self.shared
-                    .retained_for(&filter, granted, identifier, &mut retained);
-            }
         }
         self.send(&Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             reason_codes: codes,
             properties: Properties::default(),
         }));
-        // After the SUBACK, through the mailbox like any delivery (MQTT-3.3.1-8: RETAIN set).
-        for d in retained {
-            self.session.deliver(d, &self.shared.metrics);
-        }
         if changed {
             self.persist_session().await;
         }
@@ -409,9 +393,9 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             }
             self.state.expiry_interval = expiry.min(self.shared.config.limits.max_session_expiry);
         }
-        // MQTT-3.14.4-3: a normal DISCONNECT discards the will; 0x04 keeps it.
+        // MQTT-3.14.4-3: only reason 0x00 discards the will; 0x04 and every error keep it.
         Some(End::Disconnected {
-            with_will: d.reason_code == ReasonCode::DISCONNECT_WITH_WILL,
+            with_will: d.reason_code != ReasonCode::NORMAL_DISCONNECTION,
         })
     }
 }

@@ -9,4 +9,13 @@
 //! Normative statement ids (MQTT-x.y.z-n) name the rule each test checks; docs/conformance.md
 //! maps them back to the tests.
 
+mod connect;
 mod harness;
+mod interop;
+mod malformed;
+mod properties;
+mod qos;
+mod retained;
+mod routing;
+mod sys;
+mod will;
