@@ -99,7 +99,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         // Topic alias (section 3.3.2.3.4).
         if let Some(alias) = p.properties.topic_alias.take() {
             if alias == 0 || alias > limits.topic_alias_maximum {
-                return closed(ReasonCode::TOPIC_ALIAS_INVALID); // MQTT-3.3.2-9, -10
+                return closed(ReasonCode::TOPIC_ALIAS_INVALID); // MQTT-3.2.2-17, section 3.3.4
             }
             let slot = usize::from(alias - 1);
             if p.topic.is_empty() {
@@ -137,7 +137,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
                 return None;
             }
             if self.state.inbound_qos2.len() >= usize::from(limits.receive_maximum) {
-                return closed(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED); // MQTT-3.3.4-9
+                return closed(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED); // MQTT-3.3.4-7
             }
         }
         if p.properties.payload_format_indicator == Some(1)
@@ -389,7 +389,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
     fn on_disconnect(&mut self, d: crate::codec::Disconnect) -> Option<End> {
         if let Some(expiry) = d.properties.session_expiry_interval {
             if self.state.expiry_interval == 0 && expiry != 0 {
-                return closed(ReasonCode::PROTOCOL_ERROR); // MQTT-3.14.2-2
+                return closed(ReasonCode::PROTOCOL_ERROR); // section 3.14.2.2.2: expiry set after CONNECT had 0
             }
             self.state.expiry_interval = expiry.min(self.shared.config.limits.max_session_expiry);
         }
