@@ -268,9 +268,10 @@ async fn admit(
         )
         .await
     else {
+        // 0x8E is a DISCONNECT code, not a CONNACK one (MQTT-3.2.2-8).
         return Err(deny(
-            ReasonCode::SESSION_TAKEN_OVER,
-            "a newer connection took the session",
+            ReasonCode::UNSPECIFIED_ERROR,
+            "a newer connection with this client identifier took the session",
         ));
     };
     state.protocol = version;

@@ -196,8 +196,9 @@ async fn v311_empty_client_id_with_clean_session_is_accepted() {
     );
 }
 
-/// 3.1.1 MQTT-3.1.3-8: an empty client identifier with clean session 0 is refused with
-/// CONNACK return code 0x02 (identifier rejected), then the connection is closed.
+/// 3.1.1 MQTT-3.1.3-8, MQTT-3.1.3-7, MQTT-3.1.3-9: an empty client identifier with clean
+/// session 0 is refused with CONNACK return code 0x02 (identifier rejected), then the connection
+/// is closed.
 #[tokio::test]
 async fn v311_empty_client_id_without_clean_session_is_refused_with_code_2() {
     let b = harness::start().await;
@@ -318,15 +319,17 @@ async fn session_present_reflects_stored_session(version: ProtocolVersion) {
     assert!(!ack.session_present, "clean start");
 }
 
-/// MQTT-3.2.2-2, MQTT-3.2.2-3: Session Present is 0 for clean start 1 and for a new session,
-/// and 1 when a stored session is resumed.
+/// MQTT-3.2.2-2, MQTT-3.2.2-3, MQTT-3.1.2-6: Session Present is 0 for clean start 1 and for a
+/// new session, and 1 when a stored session is resumed; clean start 0 without a stored session
+/// creates one (it is there to resume next time).
 #[tokio::test]
 async fn session_present_reflects_stored_session_v5() {
     session_present_reflects_stored_session(V5).await;
 }
 
-/// 3.1.1 MQTT-3.2.2-1, MQTT-3.2.2-2, MQTT-3.2.2-3: Session Present is 0 for clean session 1
-/// and for a new session, 1 when a stored session is resumed.
+/// 3.1.1 MQTT-3.2.2-1, MQTT-3.2.2-2, MQTT-3.2.2-3, MQTT-3.1.2-4, MQTT-3.1.4-3: Session Present
+/// is 0 for clean session 1 and for a new session, 1 when a stored session is resumed; clean
+/// session 0 creates a session when there is none and keeps it after the disconnection.
 #[tokio::test]
 async fn session_present_reflects_stored_session_v311() {
     session_present_reflects_stored_session(V311).await;
@@ -365,7 +368,8 @@ async fn clean_start_discards_old_subscriptions_v5() {
     clean_start_discards_old_subscriptions(V5).await;
 }
 
-/// 3.1.1 MQTT-3.1.2-6: clean session 1 discards the previous session and its subscriptions.
+/// 3.1.1 MQTT-3.1.2-6, MQTT-3.1.4-3: clean session 1 discards the previous session and its
+/// subscriptions.
 #[tokio::test]
 async fn clean_session_discards_old_subscriptions_v311() {
     clean_start_discards_old_subscriptions(V311).await;
@@ -414,8 +418,8 @@ async fn v5_session_survives_reconnect_within_expiry() {
     assert_eq!((&*p.topic, &p.payload[..]), ("se2/t", &b"while away"[..]));
 }
 
-/// Section 3.1.2.11.2: once the Session Expiry Interval has passed, the session is gone:
-/// Session Present 0 and no subscriptions.
+/// MQTT-4.1.0-2, section 3.1.2.11.2: once the Session Expiry Interval has passed, the session is
+/// gone: Session Present 0 and no subscriptions.
 #[tokio::test]
 async fn v5_session_is_gone_after_expiry() {
     let b = harness::start().await;
@@ -587,8 +591,9 @@ async fn takeover_of_clean_session_starts_a_new_session_v311() {
 
 // --- Refused CONNECT -------------------------------------------------------------------------
 
-/// MQTT-4.12.0-1, section 3.1.2.11.9: a CONNECT naming an Authentication Method the broker
-/// does not support is refused with CONNACK 0x8C (Bad authentication method) and closed.
+/// MQTT-4.12.0-1, MQTT-3.14.0-1, section 3.1.2.11.9: a CONNECT naming an Authentication Method
+/// the broker does not support is refused with CONNACK 0x8C (Bad authentication method), and no
+/// DISCONNECT, and closed.
 #[tokio::test]
 async fn v5_unsupported_authentication_method_is_refused() {
     let b = harness::start().await;
@@ -633,12 +638,15 @@ async fn silent_client_is_disconnected_after_keep_alive(version: ProtocolVersion
     connect.keep_alive = 1;
     let (mut c, ack) = RawClient::handshake(b.addr, connect).await;
     assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    // No Server Keep Alive: the client's own 1 s applies.
+    assert_eq!(ack.properties.server_keep_alive, None);
     // Say nothing: the broker closes after 1.5 s.
     c.expect_disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT).await;
 }
 
-/// MQTT-3.1.2-22, section 4.13: a v5 client that sends nothing for one and a half times its
-/// Keep Alive is disconnected; the broker says why with DISCONNECT 0x8D (Keep Alive timeout).
+/// MQTT-3.1.2-22, MQTT-3.2.2-22, section 4.13: a v5 client that sends nothing for one and a
+/// half times its Keep Alive (CONNACK had no Server Keep Alive, so its own) is disconnected; the
+/// broker says why with DISCONNECT 0x8D (Keep Alive timeout).
 #[tokio::test]
 async fn silent_client_is_disconnected_after_keep_alive_v5() {
     silent_client_is_disconnected_after_keep_alive(V5).await;

@@ -1009,3 +1009,28 @@ pub mod flows {
         }
     }
 }
+
+// --- Helpers for the conformance tests --------------------------------------------------------
+
+impl RawClient {
+    /// The next packet as the raw bytes of its frame (fixed header included), or `None` if the
+    /// connection closed. Panics after [`WAIT`]. For byte-exact checks of what the broker
+    /// encodes.
+    pub async fn recv_frame(&mut self) -> Option<bytes::Bytes> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(n) =
+                    codec::check(&self.rbuf, u32::MAX).expect("server sent a bad packet")
+                {
+                    return Some(self.rbuf.split_to(n).freeze());
+                }
+                match self.stream.read_buf(&mut self.rbuf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .expect("a packet or a close within the wait")
+    }
+}

@@ -131,7 +131,8 @@ const PROTOCOL_ERROR: u8 = 0x82;
 fn cases() -> Vec<Case> {
     vec![
         // Fixed header flags (MQTT-2.1.3-1; PUBLISH MQTT-3.3.1-2, MQTT-3.3.1-4; PUBREL
-        // MQTT-3.6.1-1; SUBSCRIBE MQTT-3.8.1-1; UNSUBSCRIBE MQTT-3.10.1-1): Malformed.
+        // MQTT-3.6.1-1; SUBSCRIBE MQTT-3.8.1-1; UNSUBSCRIBE MQTT-3.10.1-1; DISCONNECT
+        // MQTT-3.14.1-1): Malformed.
         case(
             "PUBLISH with QoS 3",
             Some(publish5(0b0110, b"a/b", Some(1), &[])),
@@ -293,6 +294,46 @@ fn cases() -> Vec<Case> {
             MALFORMED,
         ),
         case(
+            "PUBLISH with a user property name that is not UTF-8 (MQTT-1.5.7-1)",
+            Some(publish5(
+                0,
+                b"a/b",
+                None,
+                &[0x26, 0x00, 0x02, 0xC3, 0x28, 0x00, 0x01, b'v'],
+            )),
+            None,
+            MALFORMED,
+        ),
+        case(
+            "PUBLISH with a user property value containing U+0000 (MQTT-1.5.7-1)",
+            Some(publish5(
+                0,
+                b"a/b",
+                None,
+                &[0x26, 0x00, 0x01, b'k', 0x00, 0x01, 0x00],
+            )),
+            None,
+            MALFORMED,
+        ),
+        case(
+            "PUBLISH with a Response Topic that is not UTF-8 (MQTT-3.3.2-13)",
+            Some(publish5(0, b"a/b", None, &[0x08, 0x00, 0x02, 0xC3, 0x28])),
+            None,
+            MALFORMED,
+        ),
+        case(
+            "PUBLISH with a Content Type that is not UTF-8 (MQTT-3.3.2-19)",
+            Some(publish5(0, b"a/b", None, &[0x03, 0x00, 0x02, 0xC3, 0x28])),
+            None,
+            MALFORMED,
+        ),
+        case(
+            "PUBLISH from a client with a Subscription Identifier (MQTT-3.3.4-6)",
+            Some(publish5(0, b"a/b", None, &[0x0B, 0x01])),
+            None,
+            PROTOCOL_ERROR,
+        ),
+        case(
             "PUBLISH with Payload Format Indicator 2",
             Some(publish5(0, b"a/b", None, &[0x01, 2])),
             None,
@@ -306,7 +347,7 @@ fn cases() -> Vec<Case> {
         ),
         // Topic aliases (section 3.3.2.3.4, section 3.3.4).
         case(
-            "topic alias above the Topic Alias Maximum",
+            "topic alias above the Topic Alias Maximum (MQTT-3.2.2-17)",
             Some(publish5(0, b"a/b", None, &[0x23, 0x00, 65])),
             None,
             0x94,
@@ -330,6 +371,18 @@ fn cases() -> Vec<Case> {
             Some(frame(0xA2, &[0x00, 0x01, 0x00])),
             Some(frame(0xA2, &[0x00, 0x01])),
             PROTOCOL_ERROR,
+        ),
+        case(
+            "SUBSCRIBE with a topic filter that is not UTF-8 (MQTT-3.8.3-1)",
+            Some(frame(
+                0x82,
+                &[&[0x00, 0x01, 0x00][..], &string(&[0xC3, 0x28]), &[0x00]].concat(),
+            )),
+            Some(frame(
+                0x82,
+                &[&[0x00, 0x01][..], &string(&[0xC3, 0x28]), &[0x00]].concat(),
+            )),
+            MALFORMED,
         ),
         case(
             "SUBSCRIBE with maximum QoS 3",
@@ -396,6 +449,15 @@ fn cases() -> Vec<Case> {
             Some(vec![0xF0, 0x00]),
             PROTOCOL_ERROR,
         ),
+        case(
+            "AUTH after a CONNECT without an Authentication Method (MQTT-4.12.0-7)",
+            Some(frame(
+                0xF0,
+                &[&[0x19][..], &props(&[&[0x15][..], &string(b"m")].concat())].concat(),
+            )),
+            None,
+            PROTOCOL_ERROR,
+        ),
         // Reason codes a client may not use (MQTT-3.4.2-1, MQTT-3.14.2-1).
         case(
             "PUBACK with a reason code not valid for PUBACK",
@@ -455,17 +517,17 @@ async fn run_cases(version: ProtocolVersion) -> Vec<String> {
     failures
 }
 
-/// MQTT-4.13.1-1, section 4.13 and every statement cited in [`cases`]: after a valid CONNECT,
-/// each malformed packet (0x81) or protocol error (0x82; 0x94 for an invalid topic alias) gets
-/// DISCONNECT with that reason code, and the connection closes.
+/// MQTT-4.13.1-1, MQTT-4.13.2-1, section 4.13 and every statement cited in [`cases`]: after a
+/// valid CONNECT, each malformed packet (0x81) or protocol error (0x82; 0x94 for an invalid
+/// topic alias) gets DISCONNECT with that reason code, and the connection closes.
 #[tokio::test]
 async fn v5_malformed_packets_get_disconnect_with_reason_code() {
     let failures = run_cases(V5).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// 3.1.1 section 4.8 and the statements cited in [`cases`]: a 3.1.1 client that sends a
-/// malformed packet or breaks a protocol rule is disconnected without a word.
+/// 3.1.1 section 4.8 (MQTT-4.8.0-1) and the statements cited in [`cases`]: a 3.1.1 client that
+/// sends a malformed packet or breaks a protocol rule is disconnected without a word.
 #[tokio::test]
 async fn v311_malformed_packets_close_the_connection() {
     let failures = run_cases(V311).await;
@@ -484,7 +546,7 @@ async fn v5_topic_alias_0_gets_topic_alias_invalid() {
     c.expect_disconnect(ReasonCode::TOPIC_ALIAS_INVALID).await;
 }
 
-/// MQTT-3.3.2-17, section 3.3.4: with `limits.topic_alias_maximum = 0` the broker accepts no
+/// MQTT-3.2.2-18, section 3.3.4: with `limits.topic_alias_maximum = 0` the broker accepts no
 /// topic alias at all: alias 1 is above the maximum (0x94).
 #[tokio::test]
 async fn v5_topic_alias_when_aliases_are_disabled_gets_topic_alias_invalid() {
@@ -565,9 +627,9 @@ async fn connect_over_maximum_packet_size_is_refused() {
 
 // --- Malformed CONNECT -----------------------------------------------------------------------
 
-/// MQTT-3.1.4-1, MQTT-4.13.1-1, MQTT-3.2.2-7 and the statement cited per case: a v5 CONNECT
-/// that is malformed gets CONNACK 0x81, one that breaks a protocol rule CONNACK 0x82, and the
-/// connection closes.
+/// MQTT-3.1.4-1, MQTT-4.13.1-1, MQTT-3.2.2-7, MQTT-3.14.0-1, MQTT-4.13.2-1 and the statement
+/// cited per case: a v5 CONNECT that is malformed gets CONNACK 0x81, one that breaks a protocol
+/// rule CONNACK 0x82, and nothing else (no DISCONNECT), and the connection closes.
 #[tokio::test]
 async fn v5_malformed_connect_gets_connack_with_reason_code() {
     let b = harness::start().await;
@@ -608,6 +670,44 @@ async fn v5_malformed_connect_gets_connack_with_reason_code() {
         (
             "trailing bytes after the payload",
             connect5(0x02, &[], &[&id[..], &[0xAA]].concat()),
+            MALFORMED,
+        ),
+        (
+            "user name flag 0 but a user name follows (MQTT-3.1.2-16)",
+            connect5(0x02, &[], &[&id[..], &string(b"user")].concat()),
+            MALFORMED,
+        ),
+        (
+            "password flag 0 but a password follows (MQTT-3.1.2-18)",
+            connect5(
+                0x02 | 0x80,
+                &[],
+                &[&id[..], &string(b"user"), &string(b"pw")].concat(),
+            ),
+            MALFORMED,
+        ),
+        (
+            "will topic not UTF-8 (MQTT-3.1.3-11)",
+            connect5(
+                0x02 | 0x04,
+                &[],
+                &[
+                    &id[..],
+                    &props(&[]),
+                    &string(&[0xC3, 0x28]),
+                    &string(b"bye"),
+                ]
+                .concat(),
+            ),
+            MALFORMED,
+        ),
+        (
+            "user name not UTF-8 (MQTT-3.1.3-12)",
+            connect5(
+                0x02 | 0x80,
+                &[],
+                &[&id[..], &string(&[0xC3, 0x28])].concat(),
+            ),
             MALFORMED,
         ),
         (
@@ -665,8 +765,8 @@ async fn v5_malformed_connect_gets_connack_with_reason_code() {
     assert_eq!(b.broker.metrics().clients_total, 0);
 }
 
-/// 3.1.1 MQTT-3.1.4-1 and the statement cited per case: a malformed 3.1.1 CONNECT closes the
-/// connection without a CONNACK (3.1.1 has no return code for it).
+/// 3.1.1 MQTT-3.1.4-1, MQTT-3.2.2-6 and the statement cited per case: a malformed 3.1.1
+/// CONNECT closes the connection without a CONNACK (3.1.1 has no return code for it).
 #[tokio::test]
 async fn v311_malformed_connect_closes_the_connection() {
     let b = harness::start().await;
@@ -688,8 +788,30 @@ async fn v311_malformed_connect_closes_the_connection() {
             connect4(0x02 | 0x40, &[&id[..], &string(b"pw")].concat()),
         ),
         (
-            "client id not UTF-8 (3.1.1 MQTT-1.5.3-1)",
+            "client id not UTF-8 (3.1.1 MQTT-1.5.3-1, MQTT-3.1.3-4)",
             connect4(0x02, &string(&[0xC3, 0x28])),
+        ),
+        (
+            "user name flag 0 but a user name follows (3.1.1 MQTT-3.1.2-18)",
+            connect4(0x02, &[&id[..], &string(b"user")].concat()),
+        ),
+        (
+            "password flag 0 but a password follows (3.1.1 MQTT-3.1.2-20)",
+            connect4(
+                0x02 | 0x80,
+                &[&id[..], &string(b"user"), &string(b"pw")].concat(),
+            ),
+        ),
+        (
+            "will topic not UTF-8 (3.1.1 MQTT-3.1.3-10)",
+            connect4(
+                0x02 | 0x04,
+                &[&id[..], &string(&[0xC3, 0x28]), &string(b"bye")].concat(),
+            ),
+        ),
+        (
+            "user name not UTF-8 (3.1.1 MQTT-3.1.3-11)",
+            connect4(0x02 | 0x80, &[&id[..], &string(&[0xC3, 0x28])].concat()),
         ),
     ];
     for (name, bytes) in cases {

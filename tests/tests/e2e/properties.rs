@@ -614,8 +614,8 @@ async fn response_information_only_when_requested() {
 }
 
 /// A Topic Alias above the Topic Alias Maximum the broker gave in CONNACK is refused with
-/// DISCONNECT 0x94 Topic Alias invalid (MQTT-3.3.2-9 is the client's duty; section 3.3.2.3.4
-/// gives the server's answer). One at the maximum is accepted (MQTT-3.3.2-12).
+/// DISCONNECT 0x94 Topic Alias invalid (MQTT-3.2.2-17; MQTT-3.3.2-9 is the client's duty;
+/// section 3.3.2.3.4 gives the server's answer). One at the maximum is accepted (MQTT-3.3.2-12).
 #[tokio::test]
 async fn topic_alias_above_the_maximum_is_refused_with_0x94() {
     let broker = harness::start_with(|c| c.limits.topic_alias_maximum = 2).await;
@@ -677,7 +677,8 @@ async fn unknown_topic_alias_is_a_protocol_error() {
 }
 
 /// A Reason String must be left out of a PUBACK rather than make it larger than the client's
-/// Maximum Packet Size (MQTT-3.4.2-2; the PUBACK itself is still owed, MQTT-3.3.4-1). Here a
+/// Maximum Packet Size (MQTT-3.4.2-2; User Properties too, MQTT-3.4.2-3; the PUBACK itself is
+/// still owed, MQTT-3.3.4-1). Here a
 /// client with Maximum Packet Size 24 sends a PUBLISH that the broker refuses with 0x99: the
 /// PUBACK with moat's reason string ("payload is not UTF-8") would be 29 bytes, without it 4
 /// to 6.
@@ -708,14 +709,16 @@ async fn reason_string_is_left_out_to_fit_the_client_maximum_packet_size() {
             assert_eq!(ack.reason_code, ReasonCode::PAYLOAD_FORMAT_INVALID);
             let len = codec::encoded_len(&Packet::PubAck(ack.clone()), V5);
             assert!(len <= 24, "{len}-byte PUBACK: {ack:?}");
+            assert!(ack.properties.user_properties.is_empty(), "{ack:?}");
         }
         other => panic!("expected a PUBACK within the wait, got {other:?}"),
     }
 }
 
-/// A refusing CONNACK must not carry a Reason String that makes it larger than the Maximum
-/// Packet Size of the CONNECT (MQTT-3.2.2-19): the client is refused (0x87: clients may not
-/// publish to `$` topics, here a will) with a CONNACK of at most 20 bytes.
+/// A refusing CONNACK must not carry a Reason String or User Properties that make it larger
+/// than the Maximum Packet Size of the CONNECT (MQTT-3.2.2-19, MQTT-3.2.2-20): the client is
+/// refused (0x87: clients may not publish to `$` topics, here a will) with a CONNACK of at most
+/// 20 bytes.
 #[tokio::test]
 async fn refusing_connack_fits_the_client_maximum_packet_size() {
     let broker = harness::start().await;
@@ -735,4 +738,5 @@ async fn refusing_connack_fits_the_client_maximum_packet_size() {
         len <= 20,
         "{len}-byte CONNACK for a client allowing 20: {ack:?}"
     );
+    assert!(ack.properties.user_properties.is_empty(), "{ack:?}");
 }

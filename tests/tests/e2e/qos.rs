@@ -418,13 +418,19 @@ async fn pubrel_for_unknown_packet_id_gets_pubcomp() {
     }
 }
 
-/// MQTT-2.2.1-5 (3.1.1 MQTT-2.3.1-6): PUBACK, PUBREC and PUBCOMP carry the packet identifier
-/// of the PUBLISH or PUBREL they answer.
+/// MQTT-2.2.1-5, MQTT-3.3.4-1, MQTT-4.3.2-4, MQTT-4.3.3-8 (3.1.1 MQTT-2.3.1-6): the broker
+/// answers a PUBLISH as its QoS requires, and PUBACK, PUBREC and PUBCOMP carry the packet
+/// identifier of the PUBLISH or PUBREL they answer; a QoS 0 PUBLISH gets no answer (the next
+/// packet is the PINGRESP asked for after it).
 #[tokio::test]
 async fn acknowledgements_carry_the_packet_identifier() {
     let b = harness::start().await;
     for version in [V5, V311] {
         let mut c = RawClient::connected(b.addr, version, "ids", true).await;
+        c.send(&raw_publish("ids/t", b"x", QoS::AtMostOnce, None))
+            .await;
+        c.send(&Packet::PingReq).await;
+        assert_eq!(c.recv().await, Some(Packet::PingResp), "{version:?}");
         publish_qos1(&mut c, 4242, "ids/t", b"x").await;
         publish_qos2(&mut c, 65535, "ids/t", b"x").await;
     }
@@ -451,8 +457,9 @@ async fn v5_client_exceeding_receive_maximum_gets_disconnect() {
 
 // --- In-flight window ------------------------------------------------------------------------
 
-/// MQTT-3.3.4-9, MQTT-4.9.0-2: a subscriber with Receive Maximum 2 that does not acknowledge
-/// gets exactly 2 QoS 1 messages; each PUBACK lets exactly one more through, in order.
+/// MQTT-3.3.4-9, MQTT-4.9.0-1, MQTT-4.9.0-2: a subscriber with Receive Maximum 2 that does not
+/// acknowledge gets exactly 2 QoS 1 messages (the initial send quota is its Receive Maximum);
+/// each PUBACK lets exactly one more through, in order.
 #[tokio::test]
 async fn v5_inflight_window_follows_client_receive_maximum() {
     let b = harness::start().await;
@@ -558,27 +565,29 @@ async fn unacked_publish_is_redelivered_with_dup(version: ProtocolVersion, qos: 
     sub.expect_nothing(QUIET).await;
 }
 
-/// MQTT-4.4.0-1, MQTT-3.3.1-1: an unacknowledged QoS 1 message is sent again when the
-/// persistent session resumes, with DUP 1 and its original packet id.
+/// MQTT-4.4.0-1, MQTT-3.3.1-1, MQTT-4.3.2-3: an unacknowledged QoS 1 message is sent again when
+/// the persistent session resumes, with DUP 1 and its original packet id; once acknowledged, it
+/// is not.
 #[tokio::test]
 async fn unacked_qos1_is_redelivered_with_dup_after_reconnect_v5() {
     unacked_publish_is_redelivered_with_dup(V5, QoS::AtLeastOnce).await;
 }
 
-/// 3.1.1 MQTT-4.4.0-1, MQTT-3.3.1-1: the same for a 3.1.1 clean session 0 subscriber.
+/// 3.1.1 MQTT-4.4.0-1, MQTT-3.3.1-1, MQTT-4.3.2-1: the same for a 3.1.1 clean session 0
+/// subscriber.
 #[tokio::test]
 async fn unacked_qos1_is_redelivered_with_dup_after_reconnect_v311() {
     unacked_publish_is_redelivered_with_dup(V311, QoS::AtLeastOnce).await;
 }
 
-/// MQTT-4.4.0-1, MQTT-3.3.1-1: a QoS 2 PUBLISH never answered with PUBREC is sent again with
-/// DUP 1 and its original packet id.
+/// MQTT-4.4.0-1, MQTT-3.3.1-1, MQTT-4.3.3-3: a QoS 2 PUBLISH never answered with PUBREC is sent
+/// again with DUP 1 and its original packet id.
 #[tokio::test]
 async fn unacked_qos2_is_redelivered_with_dup_after_reconnect_v5() {
     unacked_publish_is_redelivered_with_dup(V5, QoS::ExactlyOnce).await;
 }
 
-/// 3.1.1 MQTT-4.4.0-1: the same for QoS 2 and a 3.1.1 subscriber.
+/// 3.1.1 MQTT-4.4.0-1, MQTT-4.3.3-1: the same for QoS 2 and a 3.1.1 subscriber.
 #[tokio::test]
 async fn unacked_qos2_is_redelivered_with_dup_after_reconnect_v311() {
     unacked_publish_is_redelivered_with_dup(V311, QoS::ExactlyOnce).await;
@@ -648,14 +657,15 @@ async fn pubrel_is_resent_after_reconnect(version: ProtocolVersion) {
     sub.expect_nothing(QUIET).await;
 }
 
-/// MQTT-4.4.0-1: after PUBREC the broker owes PUBREL; if PUBCOMP did not arrive it resends the
-/// PUBREL (with the same packet id) when the session resumes.
+/// MQTT-4.4.0-1, MQTT-4.3.3-4, MQTT-4.3.3-5, MQTT-4.3.3-6: after PUBREC the broker owes PUBREL
+/// (with the same packet id); if PUBCOMP did not arrive it resends the PUBREL, and not the
+/// PUBLISH, when the session resumes.
 #[tokio::test]
 async fn pubrel_is_resent_after_reconnect_v5() {
     pubrel_is_resent_after_reconnect(V5).await;
 }
 
-/// 3.1.1 MQTT-4.4.0-1: the same for 3.1.1.
+/// 3.1.1 MQTT-4.4.0-1, MQTT-4.3.3-1: the same for 3.1.1.
 #[tokio::test]
 async fn pubrel_is_resent_after_reconnect_v311() {
     pubrel_is_resent_after_reconnect(V311).await;

@@ -43,7 +43,8 @@ async fn topics_until(subscriber: &mut Peer, marker: &str) -> Vec<String> {
 }
 
 /// `#` matches the parent level and every level below it, and nothing beside it (section
-/// 4.7.1.2: "sport/#" also matches "sport"; MQTT-4.7.1-1 in 5.0, MQTT-4.7.1-2 in 3.1.1).
+/// 4.7.1.2: "sport/#" also matches "sport"; MQTT-4.7.1-1 in 5.0, MQTT-4.7.1-2 in 3.1.1); every
+/// topic name delivered matches the filter (MQTT-3.3.2-3, 3.1.1 and 5.0).
 #[tokio::test]
 async fn multi_level_wildcard_matches_parent_and_all_descendants() {
     let broker = harness::start().await;
@@ -83,7 +84,8 @@ async fn multi_level_wildcard_matches_parent_and_all_descendants() {
 }
 
 /// `+` matches exactly one level, which may be empty (section 4.7.1.3; MQTT-4.7.1-2 in 5.0,
-/// MQTT-4.7.1-3 in 3.1.1).
+/// MQTT-4.7.1-3 in 3.1.1); every topic name delivered matches its subscriber's filter
+/// (MQTT-3.3.2-3).
 #[tokio::test]
 async fn single_level_wildcard_matches_exactly_one_level() {
     let broker = harness::start().await;
@@ -476,7 +478,9 @@ async fn v311_overlapping_subscriptions_deliver_once_at_max_qos() {
 
 /// After UNSUBSCRIBE, messages for that filter stop (MQTT-3.10.4-2) while other subscriptions
 /// go on; a filter that was not subscribed gets reason 0x11 in the UNSUBACK (section 3.11.3),
-/// one code per filter in order (MQTT-3.11.3-1).
+/// one code per filter in order (MQTT-3.11.3-1), in one UNSUBACK for the three filters
+/// (MQTT-3.10.4-6). Filters are compared as strings: `u/+` removes neither `u/a` nor `u/b`
+/// (MQTT-3.10.4-1).
 #[tokio::test]
 async fn unsubscribe_stops_delivery_and_reports_unknown_filters() {
     let broker = harness::start().await;
@@ -560,7 +564,7 @@ async fn subscribing_again_replaces_the_subscription_qos() {
 }
 
 /// Invalid filters in a SUBSCRIBE get a failure code, in their position, while the valid
-/// filters of the same packet are granted (MQTT-3.8.4-4, MQTT-3.8.4-5 / 3.1.1: MQTT-3.8.4-4,
+/// filters of the same packet are granted (MQTT-3.8.4-5, MQTT-3.9.3-1 / 3.1.1: MQTT-3.8.4-4,
 /// MQTT-3.9.3-1; filter syntax MQTT-4.7.1-1 and -2). MQTT 5 says 0x8F (Topic Filter
 /// invalid); 3.1.1 has only 0x80 (Failure).
 #[tokio::test]

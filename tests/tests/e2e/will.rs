@@ -70,8 +70,9 @@ async fn normal_disconnect(c: &mut RawClient) {
 // --- Published or not ------------------------------------------------------------------------
 
 /// MQTT-3.1.2-8 (3.1.1 and 5.0), section 3.1.2.5: an ordinary client (rumqttc, both versions)
-/// whose connection drops without DISCONNECT has its will published, at the will QoS and
-/// without RETAIN (MQTT-3.1.2-14; 3.1.1 MQTT-3.1.2-16).
+/// whose connection drops without DISCONNECT has its will, stored with its session
+/// (MQTT-3.1.2-7), published at the will QoS and without RETAIN (MQTT-3.1.2-14; 3.1.1
+/// MQTT-3.1.2-16).
 #[tokio::test]
 async fn will_is_published_when_connection_drops_without_disconnect() {
     let b = harness::start().await;
