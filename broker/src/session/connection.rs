@@ -28,6 +28,9 @@ use crate::store::NEVER_EXPIRES;
 /// Stop reading from the client and taking deliveries once this much is waiting to be written.
 pub(super) const WRITE_HIGH_WATER: usize = 256 * 1024;
 
+/// How long a closed connection keeps draining what the client still sends.
+const LINGER: Duration = Duration::from_secs(1);
+
 /// The largest packet MQTT can frame: remaining length maximum plus a 5-byte fixed header.
 const MAX_PACKET: usize = codec::MAX_REMAINING_LENGTH + 5;
 
@@ -347,6 +350,28 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             }
         }
         tracing::debug!(client = %self.client.client_id, ?end, "client disconnected");
+
+        // Lingering close when the broker ended the connection (not at shutdown), once the
+        // session is released: the write side is already shut down (FIN after our
+        // DISCONNECT); keep reading and discarding what the client still sends until it
+        // closes, for at most LINGER. Closing at once would make the kernel answer that data
+        // with a RST, which can destroy the DISCONNECT (and acknowledgements before it) on
+        // the client side or fail the client's writes before it has read them.
+        if matches!(end, End::Closed(r) if r != ReasonCode::SERVER_SHUTTING_DOWN) {
+            let Conn {
+                mut reader, state, ..
+            } = self;
+            drop(state);
+            let mut sink = [0u8; 4096];
+            let _ = tokio::time::timeout(LINGER, async {
+                while let Ok(n) = reader.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
     }
 
     /// Records the session in the store (persistent sessions only).

@@ -68,14 +68,14 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
 
     /// Answers a QoS 1/2 PUBLISH that is not forwarded. 3.1.1 has no negative acknowledgement,
     /// so there the message is acknowledged and dropped, as Mosquitto does.
-    fn refuse_publish(&mut self, p: &Publish, reason: ReasonCode, why: &str) {
+    fn refuse_publish(&mut self, p: &Publish, reason: ReasonCode, why: Option<&str>) {
         let Some(id) = p.packet_id else { return };
         let reason = if self.version == ProtocolVersion::V5 {
             reason
         } else {
             ReasonCode::SUCCESS
         };
-        let response = self.response(id, reason, Some(why));
+        let response = self.response(id, reason, why);
         match p.qos {
             QoS::AtLeastOnce => self.send(&Packet::PubAck(response)),
             QoS::ExactlyOnce => {
@@ -150,7 +150,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             self.refuse_publish(
                 &p,
                 ReasonCode::PAYLOAD_FORMAT_INVALID,
-                "payload is not UTF-8",
+                Some("payload is not UTF-8"),
             );
             return None;
         }
@@ -176,8 +176,9 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             self.shared
                 .metrics
                 .publish_dropped(DropCause::NotAuthorized);
-            let why = d.message.as_deref().unwrap_or("not authorized");
-            self.refuse_publish(&p, d.reason, why);
+            // Only a message the policy gave: a bare 0x87 says "not authorized" already, and
+            // some clients (Paho's interop test client) reject a PUBACK with properties.
+            self.refuse_publish(&p, d.reason, d.message.as_deref());
             return None;
         }
 
