@@ -580,7 +580,7 @@ impl Shared {
                 let subscribed = Subscribed {
                     options: s.options,
                     identifier: s.identifier,
-                    check_each_delivery: false,
+                    check_each_delivery: s.check_each_delivery,
                 };
                 state.subscriptions.insert(s.filter.clone(), subscribed);
             }

@@ -103,6 +103,8 @@ pub(super) struct Conn<IO> {
     pub problem_info: bool,
     will: Option<Will>,
     pub scratch: Vec<Delivery>,
+    /// Some subscription was allowed only with "check each delivery".
+    pub check_deliveries: bool,
 }
 
 /// Serves one accepted socket until it closes.
@@ -180,8 +182,10 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             rbuf,
             wbuf: BytesMut::with_capacity(4096),
             scratch: Vec::new(),
+            check_deliveries: false,
             shared,
         };
+        conn.update_delivery_checks();
         conn.shared.metrics.client_connected();
         conn.send(&connack);
         if conn.state.expiry_interval > 0 {
@@ -235,7 +239,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             {
                 return end;
             }
-            self.pump();
+            self.pump().await;
             let can_read = self.wbuf.len() < WRITE_HIGH_WATER;
             let can_pump = can_read && self.window_open();
             tokio::select! {

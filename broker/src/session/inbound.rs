@@ -359,6 +359,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             properties: Properties::default(),
         }));
         if changed {
+            self.update_delivery_checks();
             self.persist_session().await;
         }
         None
@@ -378,6 +379,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
                 ReasonCode::NO_SUBSCRIPTION_EXISTED
             });
         }
+        self.update_delivery_checks();
         self.send(&Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             reason_codes: codes,

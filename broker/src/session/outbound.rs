@@ -14,6 +14,7 @@ use super::connection::{Conn, WRITE_HIGH_WATER};
 use super::state::{Outbound, Phase};
 use crate::codec::{Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS};
 use crate::metrics::DropCause;
+use crate::topic;
 
 impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
     /// True while another QoS 1/2 message may be sent.
@@ -23,7 +24,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
 
     /// Moves deliveries from the mailbox into the write buffer while the window and the write
     /// buffer allow.
-    pub(super) fn pump(&mut self) {
+    pub(super) async fn pump(&mut self) {
         let mut batch = std::mem::take(&mut self.scratch);
         while self.wbuf.len() < WRITE_HIGH_WATER && self.window_open() {
             self.session
@@ -36,6 +37,12 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             for d in drained.by_ref() {
                 if d.message.is_expired(now) {
                     self.shared.metrics.publish_dropped(DropCause::Expired);
+                    continue;
+                }
+                if self.check_deliveries && !self.may_deliver(&d.message.topic).await {
+                    self.shared
+                        .metrics
+                        .publish_dropped(DropCause::NotAuthorized);
                     continue;
                 }
                 if d.qos == QoS::AtMostOnce {
@@ -64,6 +71,36 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         }
         batch.clear();
         self.scratch = batch;
+    }
+
+    /// Asks the policy about one delivery when a subscription it matches was allowed only with
+    /// "check each delivery", so a wide filter cannot read topics a finer rule denies.
+    async fn may_deliver(&self, topic: &str) -> bool {
+        let flagged = self.state.subscriptions.iter().any(|(filter, s)| {
+            let filter = match topic::parse_shared(filter) {
+                Ok(Some(shared)) => shared.filter,
+                _ => filter,
+            };
+            s.check_each_delivery && topic::matches(filter, topic)
+        });
+        if !flagged {
+            return true;
+        }
+        self.shared
+            .policy
+            .authorize_deliver(&self.client, &self.identity, topic)
+            .get()
+            .await
+            .is_allow()
+    }
+
+    /// Recomputes whether any subscription asks for deliveries to be checked.
+    pub(super) fn update_delivery_checks(&mut self) {
+        self.check_deliveries = self
+            .state
+            .subscriptions
+            .values()
+            .any(|s| s.check_each_delivery);
     }
 
     /// Resends what a resumed session left unacknowledged, in order (MQTT-4.4.0-1).

@@ -90,6 +90,7 @@ impl SessionState {
                 filter: filter.clone(),
                 options: s.options,
                 identifier: s.identifier,
+                check_each_delivery: s.check_each_delivery,
             })
             .collect();
         subscriptions.sort_by(|a, b| a.filter.cmp(&b.filter));

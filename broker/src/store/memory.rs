@@ -132,6 +132,7 @@ mod tests {
                 filter: "x/#".into(),
                 options: Default::default(),
                 identifier: Some(7),
+                check_each_delivery: false,
             }],
         };
         apply(Change::SessionSaved(record.clone()))

@@ -35,6 +35,8 @@ pub struct SubscriptionRecord {
     pub filter: ByteString,
     pub options: SubscriptionOptions,
     pub identifier: Option<u32>,
+    /// The policy allowed it only with each delivery checked; a restored session keeps that.
+    pub check_each_delivery: bool,
 }
 
 /// A persistent session as it must survive the client being away.

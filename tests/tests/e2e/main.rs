@@ -14,6 +14,7 @@ mod connect;
 mod harness;
 mod interop;
 mod malformed;
+mod policy;
 mod properties;
 mod qos;
 mod retained;
