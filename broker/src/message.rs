@@ -66,10 +66,12 @@ impl Message {
         max_expiry: Option<u32>,
     ) -> Message {
         let expiry = cap_expiry(publish.properties.message_expiry_interval, max_expiry);
+        let mut properties = MessageProperties::from_packet(&mut publish.properties);
+        let (topic, payload) = compact(publish.topic, publish.payload, &mut properties);
         Message {
-            properties: MessageProperties::from_packet(&mut publish.properties),
-            topic: publish.topic,
-            payload: publish.payload,
+            properties,
+            topic,
+            payload,
             qos: publish.qos,
             retain: publish.retain,
             received: Instant::now(),
@@ -93,6 +95,50 @@ impl Message {
                 .saturating_add(u64::from(left.subsec_nanos() > 0)) as u32
         })
     }
+}
+
+/// Messages up to this size (topic plus payload) get their own allocation; see [`compact`].
+const COMPACT_LIMIT: usize = 1024;
+
+/// Gives a small message storage of its own instead of a view into the connection's read
+/// buffer.
+///
+/// A decoded PUBLISH is a view into the block its connection read it into, and a view keeps
+/// the whole block alive. For fan-out that is ideal (no copy), but a message that stays (a
+/// retained message, one queued for an offline session) would pin a read block many times its
+/// size. Copying a small message costs one allocation and a short `memcpy`; larger ones stay
+/// views, since they fill most of their block anyway.
+fn compact(
+    topic: ByteString,
+    payload: Bytes,
+    properties: &mut MessageProperties,
+) -> (ByteString, Bytes) {
+    let size = topic.len() + payload.len();
+    if size > COMPACT_LIMIT {
+        return (topic, payload);
+    }
+    let mut block = bytes::BytesMut::with_capacity(size);
+    block.extend_from_slice(topic.as_bytes());
+    block.extend_from_slice(&payload);
+    let mut block = block.freeze();
+    let payload = block.split_off(topic.len());
+    // Properties are rare and small: copy them outright.
+    let own = |s: &mut ByteString| *s = ByteString::from(&**s);
+    if let Some(s) = properties.content_type.as_mut() {
+        own(s);
+    }
+    if let Some(s) = properties.response_topic.as_mut() {
+        own(s);
+    }
+    if let Some(d) = properties.correlation_data.as_mut() {
+        *d = Bytes::copy_from_slice(d);
+    }
+    for (k, v) in &mut properties.user_properties {
+        own(k);
+        own(v);
+    }
+    // The bytes were the topic's, so this cannot fail; if it did, the view is still right.
+    (ByteString::try_from(block).unwrap_or(topic), payload)
 }
 
 /// Applies the broker's maximum message expiry to the interval a client asked for.
@@ -132,6 +178,20 @@ mod tests {
         assert!(!m.is_expired(later));
         assert!(m.is_expired(m.received + Duration::from_secs(10)));
         assert_eq!(msg(None).remaining_expiry(Instant::now()), None);
+    }
+
+    #[test]
+    fn small_messages_do_not_keep_the_read_buffer_alive() {
+        let frame = Bytes::from(vec![b'x'; 4096]);
+        let topic = ByteString::try_from(frame.slice(0..5)).unwrap();
+        let payload = frame.slice(5..69);
+        let mut properties = MessageProperties::default();
+        let (t, p) = compact(topic, payload, &mut properties);
+        assert_eq!((t.len(), p.len()), (5, 64));
+        // Only the test's own handle is left on the 4 KiB block.
+        assert!(frame.is_unique());
+        let (_, big) = compact(ByteString::from("t"), frame.clone(), &mut properties);
+        assert_eq!(big.as_ptr(), frame.as_ptr(), "large payloads stay views");
     }
 
     #[test]

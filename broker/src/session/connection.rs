@@ -25,6 +25,14 @@ use crate::codec::{self, Disconnect, Packet, Properties, ProtocolVersion, Reason
 use crate::policy::{ClientInfo, Identity};
 use crate::store::NEVER_EXPIRES;
 
+/// The read buffer a connection starts with.
+const INITIAL_READ_BUFFER: usize = 512;
+/// Below this much free space the read buffer grows by [`READ_CHUNK`] before the next read.
+const MIN_READ_SPACE: usize = 256;
+const READ_CHUNK: usize = 16 * 1024;
+/// A drained write buffer larger than this is released rather than kept.
+const RETAINED_WRITE_CAPACITY: usize = 64 * 1024;
+
 /// Stop reading from the client and taking deliveries once this much is waiting to be written.
 pub(super) const WRITE_HIGH_WATER: usize = 256 * 1024;
 
@@ -113,7 +121,8 @@ where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut reader, mut writer) = tokio::io::split(io);
-    let mut rbuf = BytesMut::with_capacity(4096);
+    // Small: a CONNECT rarely needs more, and an idle connection keeps this block.
+    let mut rbuf = BytesMut::with_capacity(INITIAL_READ_BUFFER);
     let connect = match handshake::read_connect(&shared, &mut reader, &mut rbuf).await {
         Ok(c) => c,
         Err(Refused::ConnAck(version, denial)) => {
@@ -180,7 +189,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             reader,
             writer,
             rbuf,
-            wbuf: BytesMut::with_capacity(4096),
+            wbuf: BytesMut::new(),
             scratch: Vec::new(),
             check_deliveries: false,
             shared,
@@ -240,6 +249,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
                 return end;
             }
             self.pump().await;
+            self.size_buffers();
             let can_read = self.wbuf.len() < WRITE_HIGH_WATER;
             let can_pump = can_read && self.window_open();
             tokio::select! {
@@ -268,6 +278,18 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
                     keep_alive_timer.as_mut().reset(deadline);
                 }
             }
+        }
+    }
+
+    /// Keeps the buffers sized to the traffic: a busy reader gets room for a large read, and a
+    /// write buffer that grew for a burst is released once it has drained, so an idle
+    /// connection holds only small blocks.
+    fn size_buffers(&mut self) {
+        if self.rbuf.capacity() - self.rbuf.len() < MIN_READ_SPACE {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        if self.wbuf.is_empty() && self.wbuf.capacity() > RETAINED_WRITE_CAPACITY {
+            self.wbuf = BytesMut::new();
         }
     }
 

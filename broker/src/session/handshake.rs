@@ -50,6 +50,9 @@ pub(super) async fn read_connect<IO: AsyncRead>(
                 Ok(None) => {}
                 Err(e) => return Err(refuse_decode(codec::connect_version(rbuf), &e)),
             }
+            if rbuf.capacity() - rbuf.len() < 256 {
+                rbuf.reserve(4096); // a CONNECT with a large will; `check` bounds the total
+            }
             match reader.read_buf(rbuf).await {
                 Ok(0) | Err(_) => return Err(Refused::Silent),
                 Ok(_) => {}
