@@ -123,7 +123,7 @@ where
     let (mut reader, mut writer) = tokio::io::split(io);
     // Small: a CONNECT rarely needs more, and an idle connection keeps this block.
     let mut rbuf = BytesMut::with_capacity(INITIAL_READ_BUFFER);
-    let connect = match handshake::read_connect(&shared, &mut reader, &mut rbuf).await {
+    let connect = match Box::pin(handshake::read_connect(&shared, &mut reader, &mut rbuf)).await {
         Ok(c) => c,
         Err(Refused::ConnAck(version, denial)) => {
             handshake::send_refusal(&shared, &mut writer, version, denial, None).await;
@@ -131,13 +131,15 @@ where
         }
         Err(Refused::Silent) => return,
     };
-    let Some(mut conn) =
-        handshake::accept(shared, connect, reader, writer, rbuf, remote, listener).await
+    let Some(mut conn) = Box::pin(handshake::accept(
+        shared, connect, reader, writer, rbuf, remote, listener,
+    ))
+    .await
     else {
         return;
     };
     let end = conn.run().await;
-    conn.finish(end).await;
+    Box::pin(conn.finish(end)).await;
 }
 
 impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
@@ -415,5 +417,29 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         {
             tracing::error!(client = %self.client.client_id, error = %e, "could not save session");
         }
+    }
+}
+#[cfg(test)]
+mod tests {
+    fn future_size<F: std::future::Future>(_: &F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every connection's task holds this future, so its size is memory per idle connection.
+    /// The handshake and the end of a connection are boxed to keep them out of it; this guards
+    /// against a change that pulls a large state back in.
+    #[tokio::test]
+    async fn connection_task_stays_small() {
+        let mut config = crate::Config::default();
+        config.listeners.clear();
+        let broker = crate::Broker::start(config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let remote = "127.0.0.1:1".parse().unwrap();
+        let task = super::serve(broker.shared().clone(), socket, remote, "t".into());
+        let size = future_size(&task);
+        assert!(size <= 4096, "connection future is {size} bytes");
     }
 }

@@ -34,8 +34,9 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             Packet::PubRec(r) => self.on_pubrec(r),
             Packet::PubRel(r) => self.on_pubrel(r),
             Packet::PubComp(r) => self.on_pubcomp(r),
-            Packet::Subscribe(s) => self.on_subscribe(s).await,
-            Packet::Unsubscribe(u) => self.on_unsubscribe(u).await,
+            // Boxed: rare, and their futures would otherwise sit in every connection's task.
+            Packet::Subscribe(s) => Box::pin(self.on_subscribe(s)).await,
+            Packet::Unsubscribe(u) => Box::pin(self.on_unsubscribe(u)).await,
             Packet::PingReq => {
                 self.send(&Packet::PingResp);
                 None
@@ -68,15 +69,21 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
 
     /// Answers a QoS 1/2 PUBLISH that is not forwarded. 3.1.1 has no negative acknowledgement,
     /// so there the message is acknowledged and dropped, as Mosquitto does.
-    fn refuse_publish(&mut self, p: &Publish, reason: ReasonCode, why: Option<&str>) {
-        let Some(id) = p.packet_id else { return };
+    fn refuse_publish(
+        &mut self,
+        packet_id: Option<u16>,
+        qos: QoS,
+        reason: ReasonCode,
+        why: Option<&str>,
+    ) {
+        let Some(id) = packet_id else { return };
         let reason = if self.version == ProtocolVersion::V5 {
             reason
         } else {
             ReasonCode::SUCCESS
         };
         let response = self.response(id, reason, why);
-        match p.qos {
+        match qos {
             QoS::AtLeastOnce => self.send(&Packet::PubAck(response)),
             QoS::ExactlyOnce => {
                 if !reason.is_error() {
@@ -148,23 +155,34 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
                 .metrics
                 .publish_dropped(DropCause::NotAuthorized);
             self.refuse_publish(
-                &p,
+                p.packet_id,
+                p.qos,
                 ReasonCode::PAYLOAD_FORMAT_INVALID,
                 Some("payload is not UTF-8"),
             );
             return None;
         }
 
+        // The packet becomes the shared message now, so that nothing as large as a decoded
+        // PUBLISH is held across the waits below (they sit in every connection's task).
+        let packet_id = p.packet_id;
+        let qos = p.qos;
+        let message = Arc::new(Message::from_publish(
+            p,
+            Some(self.client.client_id.clone()),
+            limits.max_message_expiry,
+        ));
+
         // Broker rule first: `$` topics belong to the broker, whatever a policy says.
-        let verdict = if p.topic.starts_with('$') {
+        let verdict = if message.topic.starts_with('$') {
             Verdict::Deny(crate::policy::Denial::not_authorized())
         } else {
             let info = PublishInfo {
-                topic: &p.topic,
-                qos: p.qos,
-                retain: p.retain,
-                payload_len: p.payload.len(),
-                user_properties: &p.properties.user_properties,
+                topic: &message.topic,
+                qos,
+                retain: message.retain,
+                payload_len: message.payload.len(),
+                user_properties: &message.properties.user_properties,
             };
             self.shared
                 .policy
@@ -178,17 +196,10 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
                 .publish_dropped(DropCause::NotAuthorized);
             // Only a message the policy gave: a bare 0x87 says "not authorized" already, and
             // some clients (Paho's interop test client) reject a PUBACK with properties.
-            self.refuse_publish(&p, d.reason, d.message.as_deref());
+            self.refuse_publish(packet_id, qos, d.reason, d.message.as_deref());
             return None;
         }
 
-        let packet_id = p.packet_id;
-        let qos = p.qos;
-        let message = Arc::new(Message::from_publish(
-            p,
-            Some(self.client.client_id.clone()),
-            limits.max_message_expiry,
-        ));
         if let Some(id) = packet_id {
             // The store accepts the message before it is acknowledged.
             let change = Change::Accepted {
