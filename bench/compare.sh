@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# bench/compare.sh: Mosquitto against moat on this machine, same scenarios, same generator.
+#
+# Starts each broker fresh for every run, pinned to core 0 (taskset), with equivalent settings
+# (bench/mosquitto.conf on port 1884, bench/moat.toml on port 1885: 20 in flight, 1000 queued,
+# no persistence, no auth, no $SYS, one thread), runs moat-bench pinned to core 1 against it,
+# alternating the brokers (and which one goes first) over several rounds, and writes to OUT
+# (default target/compare/<UTC time>):
+#   OUT/results.jsonl   one JSON report per run (moat-bench --json, tagged by broker)
+#   OUT/summary.md      medians per scenario and broker, moat/Mosquitto ratios, peak RSS
+#   OUT/machine.txt     nproc, CPU model, kernel, versions, git revision
+#   OUT/*.log           broker and generator logs
+#
+# Usage: bench/compare.sh [--rounds N] [--duration S] [--connections N] [--out DIR]
+#                         [--only REGEX] [--no-build]
+set -euo pipefail
+
+ROUNDS=3
+DURATION=10
+WARMUP=2
+CONNECTIONS=10000
+OUT=""
+ONLY=""
+BUILD=1
+BROKER_CORE=0
+GEN_CORE=1
+MOSQ_PORT=1884
+MOAT_PORT=1885
+
+die() { echo "compare.sh: $*" >&2; exit 1; }
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --rounds) ROUNDS="$2"; shift 2 ;;
+        --duration) DURATION="$2"; shift 2 ;;
+        --connections) CONNECTIONS="$2"; shift 2 ;;
+        --out) OUT="$2"; shift 2 ;;
+        --only) ONLY="$2"; shift 2 ;;
+        --no-build) BUILD=0; shift ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        *) die "unknown option $1 (see --help)" ;;
+    esac
+done
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+OUT="${OUT:-target/compare/$(date -u +%Y%m%dT%H%M%SZ)}"
+mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"
+: > "$RESULTS"
+
+MOSQUITTO=/usr/sbin/mosquitto
+MOAT="$ROOT/target/release/moat"
+BENCH="$ROOT/target/release/moat-bench"
+
+# --- Preconditions -------------------------------------------------------------------------
+[[ -x "$MOSQUITTO" ]] || die "$MOSQUITTO not found (Debian package mosquitto)"
+command -v taskset >/dev/null || die "taskset not found (util-linux)"
+command -v ss >/dev/null || die "ss not found (iproute2)"
+[[ "$(nproc)" -ge 2 ]] || die "needs at least 2 cores (broker on $BROKER_CORE, generator on $GEN_CORE)"
+# The generator holds CONNECTIONS sockets, the broker as many: both need the descriptors.
+NOFILE="$(ulimit -n)"
+if [[ "$NOFILE" != unlimited && "$NOFILE" -lt $((CONNECTIONS + 200)) ]]; then
+    die "ulimit -n is $NOFILE: too low for $CONNECTIONS connections"
+fi
+for port in "$MOSQ_PORT" "$MOAT_PORT"; do
+    if ss -Hltn "sport = :$port" | grep -q .; then
+        die "port $port is already in use: is another broker running?"
+    fi
+done
+
+if [[ "$BUILD" == 1 ]]; then
+    echo "== building moat and moat-bench (release)"
+    cargo build --release -p moat -p moat-bench >"$OUT/build.log" 2>&1 \
+        || { tail -30 "$OUT/build.log" >&2; die "build failed (see $OUT/build.log)"; }
+fi
+[[ -x "$MOAT" && -x "$BENCH" ]] || die "missing $MOAT or $BENCH (build first)"
+
+{
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "nproc: $(nproc)"
+    lscpu | grep -E '^(Model name|Thread|Core|Socket|CPU\(s\)|Hypervisor)' || true
+    echo "kernel: $(uname -r)"
+    echo "mosquitto: $("$MOSQUITTO" -h 2>/dev/null | head -1)"
+    echo "moat: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- broker 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "rounds: $ROUNDS, duration: ${DURATION}s, warm-up: ${WARMUP}s, connections: $CONNECTIONS"
+    echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
+} | tee "$OUT/machine.txt"
+
+# --- Brokers -------------------------------------------------------------------------------
+BROKER_PID=""
+
+stop_broker() {
+    if [[ -n "$BROKER_PID" ]] && kill -0 "$BROKER_PID" 2>/dev/null; then
+        kill -TERM "$BROKER_PID" 2>/dev/null || true
+        for _ in $(seq 50); do
+            kill -0 "$BROKER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$BROKER_PID" 2>/dev/null || true
+        wait "$BROKER_PID" 2>/dev/null || true
+    fi
+    BROKER_PID=""
+}
+trap stop_broker EXIT
+trap 'echo "compare.sh: interrupted" >&2; exit 130' INT TERM
+
+# start_broker NAME: starts it pinned to BROKER_CORE and waits until its port listens.
+start_broker() {
+    local name="$1" port log="$OUT/$1.log"
+    case "$name" in
+        mosquitto)
+            port=$MOSQ_PORT
+            taskset -c "$BROKER_CORE" "$MOSQUITTO" -c bench/mosquitto.conf >>"$log" 2>&1 &
+            ;;
+        moat)
+            port=$MOAT_PORT
+            taskset -c "$BROKER_CORE" "$MOAT" --config bench/moat.toml >>"$log" 2>&1 &
+            ;;
+    esac
+    BROKER_PID=$!
+    for _ in $(seq 100); do
+        if ss -Hltn "sport = :$port" | grep -q .; then
+            return 0
+        fi
+        kill -0 "$BROKER_PID" 2>/dev/null || { tail -5 "$log" >&2; die "$name exited at start (see $log)"; }
+        sleep 0.1
+    done
+    die "$name did not listen on port $port within 10 s (see $log)"
+}
+
+port_of() { [[ "$1" == mosquitto ]] && echo "$MOSQ_PORT" || echo "$MOAT_PORT"; }
+
+# --- Scenarios: "name|moat-bench arguments" ------------------------------------------------
+LOAD="-p 64 -d $DURATION -w $WARMUP"
+SCENARIOS=(
+    "QoS 0 fan-in 4->1|fan-in -n 4 -q 0 $LOAD"
+    "QoS 0 fan-out 1->16|fan-out -n 16 -q 0 $LOAD"
+    "QoS 0 many-to-many 8x(1->1)|many-to-many -n 8 -q 0 $LOAD"
+    "QoS 0 fan-in 4->1 at 400k msg/s|fan-in -n 4 -q 0 -r 400000 $LOAD"
+    "QoS 0 fan-out 1->16 at 60k msg/s|fan-out -n 16 -q 0 -r 60000 $LOAD"
+    "QoS 0 1->1 at 5k msg/s|fan-in -n 1 -q 0 -r 5000 $LOAD"
+    "QoS 1 1->1 at 5k msg/s|fan-in -n 1 -q 1 -r 5000 $LOAD"
+    "QoS 1 fan-in 4->1|fan-in -n 4 -q 1 --window 64 $LOAD"
+    "idle connections ${CONNECTIONS}|connections -n $CONNECTIONS --concurrency 64 --hold 2"
+)
+
+FAILED=()
+run_one() {
+    local broker="$1" round="$2" name="$3" args="$4" base
+    # A fresh range of source addresses per run: no run meets another's TIME_WAIT ports.
+    base="127.$((round + 1)).$([[ "$broker" == mosquitto ]] && echo 1 || echo 2).2"
+    start_broker "$broker"
+    echo "-- round $round, $broker: $name"
+    # shellcheck disable=SC2086
+    if taskset -c "$GEN_CORE" "$BENCH" --json --tag "$broker" --name "$name" \
+        --broker-pid "$BROKER_PID" -b "127.0.0.1:$(port_of "$broker")" $args \
+        $([[ "$args" == connections* ]] && echo "--source-base $base") \
+        >>"$RESULTS" 2>>"$OUT/bench.log"; then
+        tail -1 "$RESULTS" | "$BENCH" summarize - --baseline "$broker" | sed -n '3,$p' \
+            | grep '^|' | cut -d'|' -f3,4 | sed 's/^/     /'
+    else
+        echo "   FAILED (see $OUT/bench.log)" >&2
+        FAILED+=("round $round, $broker: $name")
+    fi
+    stop_broker
+    sleep 1
+}
+
+for round in $(seq "$ROUNDS"); do
+    echo "== round $round of $ROUNDS"
+    if ((round % 2)); then order=(mosquitto moat); else order=(moat mosquitto); fi
+    for entry in "${SCENARIOS[@]}"; do
+        name="${entry%%|*}"
+        args="${entry#*|}"
+        [[ -z "$ONLY" || "$name" =~ $ONLY ]] || continue
+        for broker in "${order[@]}"; do
+            run_one "$broker" "$round" "$name" "$args"
+        done
+    done
+done
+
+echo "== summary ($OUT/summary.md)"
+"$BENCH" summarize "$RESULTS" --baseline mosquitto | tee "$OUT/summary.md"
+if ((${#FAILED[@]})); then
+    printf 'compare.sh: %d run(s) failed:\n' "${#FAILED[@]}" >&2
+    printf '  %s\n' "${FAILED[@]}" >&2
+    exit 1
+fi
