@@ -6,8 +6,9 @@
 //! metrics a scenario shows depends on its kind: delivered messages per second for
 //! as-fast-as-possible runs, that and latency percentiles for fixed-rate runs, connect rate
 //! and memory per connection for the connections scenario, and loss (the worst round, not the
-//! median: one lossy round matters) for every publish/subscribe run. Fixed-rate runs also show how far
-//! the generator fell behind its own timeline, which tells whether their tail is believable.
+//! median: one lossy round matters) for every publish/subscribe run. Fixed-rate runs also
+//! show how far the publishers fell behind their timeline: against a broker that keeps up,
+//! a large value means the generator itself stalled and that round's tail is suspect.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -63,7 +64,7 @@ const LATENCY: &[Metric] = &[
     // Not the broker's: how late the generator itself ran. Large values (the generator was
     // descheduled) make that round's tail latency suspect.
     (
-        "generator lag µs, worst round",
+        "publisher behind schedule µs, worst round",
         "/publisher_max_lag_us",
         Reduce::Max,
         0,
@@ -106,6 +107,15 @@ fn fmt(v: f64, decimals: usize) -> String {
         crate::report::thousands(v)
     } else {
         format!("{v:.decimals$}")
+    }
+}
+
+/// A ratio with two decimals, or its order of magnitude when that would round to 0.00.
+fn ratio(r: f64) -> String {
+    if r == 0.0 || r >= 0.005 {
+        format!("{r:.2}")
+    } else {
+        format!("{r:.0e}")
     }
 }
 
@@ -184,7 +194,7 @@ pub fn summarize(text: &str, baseline: Option<&str>) -> Result<String> {
             for t in &others {
                 let o = value(t);
                 let ratio = match (o, b) {
-                    (Some((o, _)), Some((b, _))) if b != 0.0 => format!("{:.2}", o / b),
+                    (Some((o, _)), Some((b, _))) if b != 0.0 => ratio(o / b),
                     _ => "–".to_string(),
                 };
                 let _ = write!(row, " {} | {ratio} |", cell(o));
@@ -209,7 +219,7 @@ pub fn summarize(text: &str, baseline: Option<&str>) -> Result<String> {
     for t in &others {
         let o = peak(t);
         let ratio = match (o, b) {
-            (Some(o), Some(b)) if b != 0.0 => format!("{:.2}", o / b),
+            (Some(o), Some(b)) if b != 0.0 => ratio(o / b),
             _ => "–".to_string(),
         };
         let _ = write!(
