@@ -7,7 +7,8 @@
 //! connection writers, session/router bookkeeping), each group on its own cache lines, so that
 //! readers bumping "received" do not invalidate the line writers bump "sent" on.
 //!
-//! Counters only grow. Gauges go up and down in pairs (`retained_added` / `retained_removed`);
+//! Counters only grow. Gauges go up and down in pairs (`inflight_added` / `inflight_removed`),
+//! or are set outright where the owner knows the exact count (`set_retained`);
 //! a gauge that would go below zero because of an unbalanced decrement reads as 0 in a
 //! [`MetricsSnapshot`] rather than as a huge number. [`Metrics::snapshot`] gives plain numbers
 //! for tests and for the `$SYS` topics (see `crate::sys`).
@@ -207,34 +208,14 @@ impl Metrics {
 
     // --- store gauges ----------------------------------------------------------------------
 
-    /// A retained message was stored on a topic that had none.
-    pub fn retained_added(&self) {
-        add(&self.store.0.retained, 1);
-    }
-
-    /// A retained message was cleared or expired.
-    pub fn retained_removed(&self) {
-        sub(&self.store.0.retained, 1);
-    }
-
     /// Sets the retained message count outright (e.g. after loading persisted state).
     pub fn set_retained(&self, count: usize) {
         self.store.0.retained.store(count as u64, Relaxed);
     }
 
-    /// `n` new subscriptions (topic filters) were added; replacing one does not count.
-    pub fn subscriptions_added(&self, n: usize) {
-        add(&self.store.0.subscriptions, n);
-    }
-
     /// Sets the subscription count outright (the router knows it exactly).
     pub fn set_subscriptions(&self, count: usize) {
         self.store.0.subscriptions.store(count as u64, Relaxed);
-    }
-
-    /// `n` subscriptions were removed (UNSUBSCRIBE, or a session ending with `n` of them).
-    pub fn subscriptions_removed(&self, n: usize) {
-        sub(&self.store.0.subscriptions, n);
     }
 
     /// An outbound QoS 1 or 2 message was sent and awaits acknowledgement.
@@ -441,11 +422,8 @@ mod tests {
     #[test]
     fn gauges_go_both_ways_and_never_read_negative() {
         let m = Metrics::new();
-        m.retained_added();
-        m.retained_added();
-        m.retained_removed();
-        m.subscriptions_added(5);
-        m.subscriptions_removed(2);
+        m.set_retained(1);
+        m.set_subscriptions(3);
         m.inflight_added();
         m.queued_added();
         m.queued_added();

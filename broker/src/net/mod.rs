@@ -21,6 +21,7 @@ pub async fn accept_loop(shared: Arc<Shared>, name: Arc<str>, listener: TcpListe
         };
         match accepted {
             Ok((socket, remote)) => {
+                shared.metrics.socket_accepted();
                 // MQTT packets are small and latency matters more than batching.
                 let _ = socket.set_nodelay(true);
                 shared.spawn(crate::session::serve(
