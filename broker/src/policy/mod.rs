@@ -29,6 +29,26 @@ pub struct ClientInfo {
     /// The name of the listener the client came in through.
     pub listener: Arc<str>,
     pub protocol: ProtocolVersion,
+    /// What the TLS layer established, for clients on a `tls` or `wss` listener.
+    pub tls: Option<Arc<TlsInfo>>,
+}
+
+/// The facts of a client's TLS session, as its listener verified them. Shared (`Arc`) because
+/// every decision about the client carries them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// The negotiated protocol version, e.g. "TLSv1.3".
+    pub version: String,
+    /// The negotiated cipher suite, IANA name, e.g. "TLS13_AES_128_GCM_SHA256".
+    pub cipher: String,
+    /// The server name the client asked for (SNI), if any.
+    pub sni: Option<String>,
+    /// The verified client certificate's subject as an RFC 4514 string, if one was presented.
+    pub peer_subject: Option<String>,
+    /// Its subject alternative names: DNS names, IP addresses, e-mail addresses and URIs as text.
+    pub peer_sans: Vec<String>,
+    /// The SHA-256 fingerprint of its DER encoding, lowercase hex without separators.
+    pub peer_fingerprint_sha256: Option<String>,
 }
 
 /// The secrets a client presented in CONNECT (or AUTH).

@@ -243,6 +243,7 @@ async fn admit(
         remote_addr: remote,
         listener,
         protocol: version,
+        tls: None,
     };
     if let Verdict::Deny(d) = shared.policy.on_connect(&client).get().await {
         return Err(d);
