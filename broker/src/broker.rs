@@ -67,6 +67,7 @@ impl Shared {
             max_queued: l.max_queued_messages as usize,
             overflow: l.queue_overflow,
             queue_qos0_offline: l.queue_qos0_offline,
+            backpressure: !l.slow_subscriber_timeout.is_zero(),
         }
     }
 
@@ -78,7 +79,29 @@ impl Shared {
     }
 
     /// Routes a message to every matching subscription; returns how many sessions got it.
+    /// Full queues apply their overflow policy (for the broker's own messages: wills, `$SYS`).
     pub fn publish(&self, message: Arc<Message>, publisher: Option<&SessionRef>) -> usize {
+        self.route(message, publisher, None)
+    }
+
+    /// Routes a client's message like [`Shared::publish`], adding to `congested` every
+    /// connected subscriber whose queue it filled: the publisher must wait for them before it
+    /// routes more (`session::backpressure`).
+    pub(crate) fn publish_paced(
+        &self,
+        message: Arc<Message>,
+        publisher: &SessionRef,
+        congested: &mut Vec<Arc<Session>>,
+    ) -> usize {
+        self.route(message, Some(publisher), Some(congested))
+    }
+
+    fn route(
+        &self,
+        message: Arc<Message>,
+        publisher: Option<&SessionRef>,
+        mut congested: Option<&mut Vec<Arc<Session>>>,
+    ) -> usize {
         ROUTES.with(|routes| {
             let mut routes = routes.borrow_mut();
             routes.clear();
@@ -94,7 +117,12 @@ impl Shared {
                     identifiers: route.identifiers,
                     message: message.clone(),
                 };
-                route.subscriber.0.deliver(delivery, &self.metrics);
+                let session = route.subscriber.0;
+                if session.deliver(delivery, &self.metrics, congested.is_some())
+                    && let Some(list) = congested.as_deref_mut()
+                {
+                    list.push(session);
+                }
             }
             n
         })
@@ -162,7 +190,7 @@ impl Shared {
                     identifiers: identifier.into_iter().collect(),
                     message: m.clone(),
                 };
-                session.0.deliver(delivery, &self.metrics);
+                session.0.deliver(delivery, &self.metrics, false);
             });
         }
         drop(router);

@@ -66,6 +66,7 @@ struct Clients {
     expired: AtomicU64,
     refused: AtomicU64,
     sockets: AtomicU64,
+    marked_slow: AtomicU64,
 }
 
 /// Traffic in one direction: bumped by connection readers (received) or writers (sent).
@@ -169,6 +170,12 @@ impl Metrics {
         add(&self.clients.0.refused, 1);
     }
 
+    /// A connected subscriber took nothing from its full queue while a publisher waited on it,
+    /// and was marked slow: its queue's overflow policy applies until it catches up.
+    pub fn subscriber_marked_slow(&self) {
+        add(&self.clients.0.marked_slow, 1);
+    }
+
     // --- traffic ---------------------------------------------------------------------------
 
     /// A packet of any type, `bytes` long on the wire, was read from a client.
@@ -255,6 +262,7 @@ impl Metrics {
             clients_expired: c.expired.load(Relaxed),
             connects_refused: c.refused.load(Relaxed),
             sockets_accepted: c.sockets.load(Relaxed),
+            subscribers_marked_slow: c.marked_slow.load(Relaxed),
             messages_received: r.messages.load(Relaxed),
             messages_sent: s.messages.load(Relaxed),
             bytes_received: r.bytes.load(Relaxed),
@@ -289,6 +297,9 @@ pub struct MetricsSnapshot {
     pub connects_refused: u64,
     /// TCP connections accepted since start.
     pub sockets_accepted: u64,
+    /// Times a connected subscriber was marked slow (it stopped taking messages while a
+    /// publisher waited on its full queue), since start.
+    pub subscribers_marked_slow: u64,
     /// Packets of every type received.
     pub messages_received: u64,
     /// Packets of every type sent.
@@ -353,7 +364,9 @@ mod tests {
         m.client_disconnected(true);
         m.client_disconnected(false);
         m.connect_refused();
+        m.subscriber_marked_slow();
         let s = m.snapshot();
+        assert_eq!(s.subscribers_marked_slow, 1);
         assert_eq!(s.clients_connected, 1);
         assert_eq!(s.clients_total, 3);
         assert_eq!(s.clients_maximum, 3);

@@ -10,7 +10,8 @@
 //!
 //! Not published: Mosquitto's heap sizes, build timestamp, store byte counts and the
 //! deprecated `clients/active` / `clients/inactive` aliases. Added by moat: per-cause drop
-//! counts under `$SYS/broker/publish/messages/dropped/<cause>`.
+//! counts under `$SYS/broker/publish/messages/dropped/<cause>`, and `$SYS/broker/clients/slow`
+//! (how often a subscriber was marked slow; see `session::backpressure`).
 
 use std::time::Duration;
 
@@ -40,6 +41,7 @@ pub fn sys_topics(
         ("$SYS/broker/clients/total", n(s.clients_total)),
         ("$SYS/broker/clients/maximum", n(s.clients_maximum)),
         ("$SYS/broker/clients/expired", n(s.clients_expired)),
+        ("$SYS/broker/clients/slow", n(s.subscribers_marked_slow)),
         ("$SYS/broker/messages/received", n(s.messages_received)),
         ("$SYS/broker/messages/sent", n(s.messages_sent)),
         ("$SYS/broker/messages/stored", n(s.messages_stored())),
@@ -242,6 +244,7 @@ mod tests {
             clients_maximum: 5,
             clients_disconnected: 2,
             clients_expired: 1,
+            subscribers_marked_slow: 9,
             messages_received: 100,
             messages_sent: 90,
             bytes_received: 4096,
@@ -265,6 +268,7 @@ mod tests {
         assert_eq!(value(&t, "$SYS/broker/clients/total"), "10");
         assert_eq!(value(&t, "$SYS/broker/clients/maximum"), "5");
         assert_eq!(value(&t, "$SYS/broker/clients/expired"), "1");
+        assert_eq!(value(&t, "$SYS/broker/clients/slow"), "9");
         assert_eq!(value(&t, "$SYS/broker/messages/received"), "100");
         assert_eq!(value(&t, "$SYS/broker/messages/sent"), "90");
         assert_eq!(value(&t, "$SYS/broker/messages/stored"), "15");

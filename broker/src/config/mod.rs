@@ -136,6 +136,14 @@ pub struct Limits {
     /// `queue_qos0_offline`: whether QoS 0 messages are queued for offline clients with a
     /// persistent session (QoS 1 and 2 always are). Default: `false`.
     pub queue_qos0_offline: bool,
+    /// `slow_subscriber_timeout`: publisher backpressure. A PUBLISH that fills the queue of a
+    /// connected subscriber pauses its publisher (the broker stops reading and acknowledging
+    /// it) until that queue is down to half. A subscriber that takes nothing from its full
+    /// queue for this many seconds is marked slow: publishers go on and its queue's overflow
+    /// policy applies until it catches up. 0 turns backpressure off (full queues always drop).
+    /// Offline sessions never pause publishers. Range 0 to 3600. Default: 2.
+    #[serde(deserialize_with = "de_seconds")]
+    pub slow_subscriber_timeout: Duration,
     /// `max_keepalive`: the longest keep alive, in seconds, a client may use. When it is below
     /// 65535 and an MQTT 5 client asks for 0 (no keep alive) or for more, the broker answers
     /// with Server Keep Alive set to this value; 65535 leaves clients' choices alone. Range 1 to
@@ -187,6 +195,7 @@ impl Default for Limits {
             max_queued_messages: 1000,
             queue_overflow: QueueOverflow::DropOldest,
             queue_qos0_offline: false,
+            slow_subscriber_timeout: Duration::from_secs(2),
             max_keepalive: 65535,
             topic_alias_maximum: 64,
             max_session_expiry: u32::MAX,

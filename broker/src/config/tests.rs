@@ -27,6 +27,7 @@ fn defaults_are_secure_and_as_documented() {
     assert_eq!(l.max_queued_messages, 1000);
     assert_eq!(l.queue_overflow, QueueOverflow::DropOldest);
     assert!(!l.queue_qos0_offline);
+    assert_eq!(l.slow_subscriber_timeout, Duration::from_secs(2));
     assert_eq!(l.max_keepalive, 65535);
     assert_eq!(l.topic_alias_maximum, 64);
     assert_eq!(l.max_session_expiry, u32::MAX);
@@ -70,6 +71,7 @@ fn example_documents_every_key() {
         "max_queued_messages",
         "queue_overflow",
         "queue_qos0_offline",
+        "slow_subscriber_timeout",
         "max_keepalive",
         "topic_alias_maximum",
         "max_session_expiry",
@@ -371,6 +373,13 @@ const BAD: &[(&str, &str, usize, &str, &str)] = &[
         2,
         "limits.connect_timeout",
         "must be between 1 and 3600",
+    ),
+    (
+        "slow subscriber timeout too long",
+        "[limits]\nslow_subscriber_timeout = 3601\n",
+        2,
+        "limits.slow_subscriber_timeout",
+        "must be between 0 and 3600, got 3601",
     ),
     (
         "qos",

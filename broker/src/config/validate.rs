@@ -16,6 +16,7 @@ const RANGES: &[(&str, u64, u64)] = &[
     ("limits.receive_maximum", 1, u16::MAX as u64),
     ("limits.max_inflight", 1, u16::MAX as u64),
     ("limits.max_queued_messages", 0, u32::MAX as u64),
+    ("limits.slow_subscriber_timeout", 0, 3600),
     ("limits.max_keepalive", 1, u16::MAX as u64),
     ("limits.topic_alias_maximum", 0, u16::MAX as u64),
     ("limits.max_session_expiry", 0, u32::MAX as u64),
@@ -72,6 +73,10 @@ fn ranged_values(config: &Config) -> [(&'static str, Option<u64>); RANGES.len()]
         (
             "limits.max_queued_messages",
             Some(l.max_queued_messages.into()),
+        ),
+        (
+            "limits.slow_subscriber_timeout",
+            Some(l.slow_subscriber_timeout.as_secs()),
         ),
         ("limits.max_keepalive", Some(l.max_keepalive.into())),
         (

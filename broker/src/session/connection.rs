@@ -5,7 +5,8 @@
 //! and a writer task) keeps the session state single-owner and lock-free, and gives natural
 //! backpressure: while the write buffer is over its high-water mark the task stops reading
 //! from the client and stops taking deliveries from the mailbox, which then applies its own
-//! bound.
+//! bound. In the other direction, a PUBLISH that fills a subscriber's mailbox pauses this
+//! task's reading (not its writing) until the subscriber drains (`backpressure`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use bytestring::ByteString;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
+use super::backpressure::{self, Pause};
 use super::handshake::{self, Admitted, Refused};
 use super::{Delivery, Kick, Session, SessionRef, SessionState};
 use crate::broker::Shared;
@@ -113,6 +115,11 @@ pub(super) struct Conn<IO> {
     pub scratch: Vec<Delivery>,
     /// Some subscription was allowed only with "check each delivery".
     pub check_deliveries: bool,
+    /// Subscribers whose mailbox the last PUBLISH filled; handing them to [`Conn::pause`]
+    /// empties it.
+    pub congested: Vec<Arc<Session>>,
+    /// While set, no packet is read or handled: this publisher waits for `congested`.
+    paused: Option<Pause>,
 }
 
 /// Serves one accepted socket until it closes.
@@ -194,6 +201,8 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             wbuf: BytesMut::new(),
             scratch: Vec::new(),
             check_deliveries: false,
+            congested: Vec::new(),
+            paused: None,
             shared,
         };
         conn.update_delivery_checks();
@@ -246,13 +255,14 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             // filled) are handled before waiting for more bytes.
             if !self.rbuf.is_empty()
                 && self.wbuf.len() < WRITE_HIGH_WATER
+                && self.paused.is_none()
                 && let Some(end) = self.handle_frames().await
             {
                 return end;
             }
             self.pump().await;
             self.size_buffers();
-            let can_read = self.wbuf.len() < WRITE_HIGH_WATER;
+            let can_read = self.wbuf.len() < WRITE_HIGH_WATER && self.paused.is_none();
             let can_pump = can_read && self.window_open();
             tokio::select! {
                 biased;
@@ -270,8 +280,18 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
                     }
                 }
                 _ = session.woken(), if can_pump => {}
+                list = resumed(&mut self.paused), if self.paused.is_some() => {
+                    self.paused = None;
+                    self.congested = list;
+                    // The client's packets waited in the socket, unread, through no fault of
+                    // its own: the pause does not count against its keep alive.
+                    self.last_packet = Instant::now();
+                }
                 _ = &mut keep_alive_timer, if self.keep_alive.is_some() => {
                     let ka = self.keep_alive.unwrap_or_default();
+                    if self.paused.is_some() {
+                        self.last_packet = Instant::now();
+                    }
                     let deadline = self.last_packet + ka;
                     if Instant::now() >= deadline {
                         // MQTT-3.1.2-24: no packet within 1.5 x keep alive.
@@ -318,11 +338,24 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             if let Some(end) = self.handle(packet).await {
                 return Some(end);
             }
+            if !self.congested.is_empty() {
+                // Checked after every PUBLISH, so the rest of this read is not routed into
+                // full mailboxes; it stays buffered until the pause ends.
+                self.pause();
+                return None;
+            }
             if self.wbuf.len() >= WRITE_HIGH_WATER {
                 // Let the writer catch up before reading more; the rest stays buffered.
                 return None;
             }
         }
+    }
+
+    /// Stops handling this client's packets until the subscribers in `congested` drain.
+    fn pause(&mut self) {
+        let list = std::mem::take(&mut self.congested);
+        let timeout = self.shared.config.limits.slow_subscriber_timeout;
+        self.paused = Some(backpressure::pause(list, timeout, self.shared.clone()));
     }
 
     /// Ends the connection: tell the client why (v5), flush, publish the will if due, and
@@ -419,6 +452,15 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         }
     }
 }
+/// The end of a pause, or never when there is none (a disabled `select!` branch still builds
+/// its future).
+async fn resumed(paused: &mut Option<Pause>) -> Vec<Arc<Session>> {
+    match paused {
+        Some(pause) => pause.await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     fn future_size<F: std::future::Future>(_: &F) -> usize {

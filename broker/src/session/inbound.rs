@@ -225,7 +225,9 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         {
             tracing::error!(error = %e, "could not store a retained message");
         }
-        let routed = self.shared.publish(message, Some(&self.me));
+        let routed = self
+            .shared
+            .publish_paced(message, &self.me, &mut self.congested);
 
         if let Some(id) = packet_id {
             let reason = if routed == 0 && self.version == ProtocolVersion::V5 {

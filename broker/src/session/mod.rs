@@ -4,7 +4,9 @@
 //! - the **mailbox**, where the router drops [`Delivery`]s for this client whether or not it is
 //!   connected. A short `parking_lot` lock guards it; the router never waits for the client.
 //!   It is bounded: when it is full the configured overflow policy drops the oldest or the
-//!   newest message, and the metrics count it.
+//!   newest message, and the metrics count it. A connected subscriber's full mailbox pushes
+//!   back on the publishers routing to it instead, until it drains or is found stuck (see
+//!   `backpressure`).
 //! - the [`SessionState`] (subscriptions, inflight messages, packet identifiers), behind an
 //!   async mutex that the serving connection holds for its whole life. Taking over a session
 //!   (MQTT-3.1.4-3) is therefore: kick the old connection, then wait for the lock it releases
@@ -17,7 +19,9 @@
 //!   connection (will message, session expiry).
 //! - `inbound`: one handler per packet a client sends.
 //! - `outbound`: from mailbox to wire: inflight window, packet ids, topic aliases, expiry.
+//! - `backpressure`: a publisher waiting for the full mailboxes it routed to.
 
+mod backpressure;
 mod connection;
 mod handshake;
 mod inbound;
@@ -61,12 +65,29 @@ pub struct MailboxLimits {
     pub overflow: QueueOverflow,
     /// Queue QoS 0 messages for a persistent session while it is offline.
     pub queue_qos0_offline: bool,
+    /// A full mailbox of a connected client pushes back on publishers
+    /// (`limits.slow_subscriber_timeout` is not 0).
+    pub backpressure: bool,
+}
+
+impl MailboxLimits {
+    /// Publishers waiting on a full mailbox resume once it is down to this many.
+    fn low_water(&self) -> usize {
+        self.max_queued / 2
+    }
 }
 
 struct Mailbox {
     queue: VecDeque<Delivery>,
     online: bool,
     limits: MailboxLimits,
+    /// Found stuck by a waiting publisher: the overflow policy applies again, not backpressure,
+    /// until the client drains its queue to the low-water mark.
+    slow: bool,
+    /// Some publisher waits on this mailbox to drain (so draining must notify).
+    waiters: bool,
+    /// Deliveries taken out since the session began: a waiting publisher's measure of progress.
+    taken: u64,
 }
 
 /// Tells a serving connection to close, with the reason code its client gets.
@@ -101,6 +122,8 @@ pub struct Session {
     pub client_id: ByteString,
     mailbox: Mutex<Mailbox>,
     wake: Notify,
+    /// Wakes publishers waiting for this mailbox to drain (see `backpressure`).
+    drained: Notify,
     pub(crate) state: Arc<tokio::sync::Mutex<SessionState>>,
     /// The connection currently serving this session, and a counter bumped by every new one
     /// (so a timer set by an old connection can tell that it is stale).
@@ -118,29 +141,42 @@ impl Session {
                 queue: VecDeque::new(),
                 online: false,
                 limits,
+                slow: false,
+                waiters: false,
+                taken: 0,
             }),
             wake: Notify::new(),
+            drained: Notify::new(),
             state: Arc::new(tokio::sync::Mutex::new(state)),
             conn: Mutex::new((0, None)),
             ended: CancellationToken::new(),
         })
     }
 
-    /// Hands a message to this session. Never blocks; applies the queue bound.
-    pub fn deliver(&self, delivery: Delivery, metrics: &Metrics) {
+    /// Hands a message to this session. Never blocks.
+    ///
+    /// With `pushback` (the caller is a publisher's connection that will wait when told to),
+    /// a connected client's mailbox that is not marked slow takes the message even beyond its
+    /// bound, and the answer is true once the mailbox is full: the caller must then wait (see
+    /// `backpressure`) before it routes anything more. Each publisher thus adds at most one
+    /// message beyond the bound. Otherwise (offline sessions, slow ones, the broker's own
+    /// messages) the bound and its overflow policy apply, and the answer is false.
+    pub fn deliver(&self, delivery: Delivery, metrics: &Metrics, pushback: bool) -> bool {
         if self.ended.is_cancelled() {
-            return;
+            return false;
         }
         let mut mb = self.mailbox.lock();
         if !mb.online && delivery.qos == QoS::AtMostOnce && !mb.limits.queue_qos0_offline {
             // QoS 0 for an offline session is not queued unless configured (section 4.5
             // allows either); it is not a drop the operator needs to hear about.
-            return;
+            return false;
         }
-        if mb.queue.len() >= mb.limits.max_queued {
+        let max = mb.limits.max_queued;
+        let push_back = pushback && mb.online && !mb.slow && mb.limits.backpressure && max > 0;
+        if mb.queue.len() >= max && !push_back {
             metrics.publish_dropped(DropCause::QueueFull);
             match mb.limits.overflow {
-                QueueOverflow::DropNewest => return,
+                QueueOverflow::DropNewest => return false,
                 QueueOverflow::DropOldest => {
                     mb.queue.pop_front();
                     metrics.queued_removed(1);
@@ -149,11 +185,13 @@ impl Session {
         }
         mb.queue.push_back(delivery);
         metrics.queued_added();
+        let full = push_back && mb.queue.len() >= max;
         let online = mb.online;
         drop(mb);
         if online {
             self.wake.notify_one();
         }
+        full
     }
 
     /// Takes up to `max` queued deliveries, oldest first, into `out`.
@@ -162,6 +200,15 @@ impl Session {
         let n = max.min(mb.queue.len());
         out.extend(mb.queue.drain(..n));
         metrics.queued_removed(n);
+        mb.taken += n as u64;
+        if (mb.waiters || mb.slow) && mb.queue.len() <= mb.limits.low_water() {
+            // Caught up: a slow client pushes back again, and waiting publishers resume.
+            mb.slow = false;
+            if std::mem::take(&mut mb.waiters) {
+                drop(mb);
+                self.drained.notify_waiters();
+            }
+        }
     }
 
     /// Puts deliveries back at the front (they did not fit the inflight window).
@@ -174,7 +221,43 @@ impl Session {
     }
 
     pub(crate) fn set_online(&self, online: bool) {
-        self.mailbox.lock().online = online;
+        let mut mb = self.mailbox.lock();
+        mb.online = online;
+        mb.slow = false;
+        if std::mem::take(&mut mb.waiters) {
+            // An offline session never pushes back: its waiting publishers go on.
+            drop(mb);
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// For a publisher about to wait on this mailbox: `Some(progress)` while it is over its
+    /// low-water mark and still pushes back (connected, not slow), counting the deliveries
+    /// taken so far; `None` when there is nothing to wait for. Registers the caller as a
+    /// waiter, so enable its [`Session::drained`] future before asking.
+    pub(crate) fn congestion(&self) -> Option<u64> {
+        let mut mb = self.mailbox.lock();
+        let pushes_back = mb.online && !mb.slow && !self.ended.is_cancelled();
+        if !pushes_back || mb.queue.len() <= mb.limits.low_water() {
+            return None;
+        }
+        mb.waiters = true;
+        Some(mb.taken)
+    }
+
+    /// Resolves when a publisher waiting on this mailbox should look again.
+    pub(crate) fn drained(&self) -> tokio::sync::futures::Notified<'_> {
+        self.drained.notified()
+    }
+
+    /// Marks the mailbox slow: it stops pushing back, and its overflow policy applies, until
+    /// its client catches up. Waiting publishers go on.
+    pub(crate) fn mark_slow(&self) {
+        let mut mb = self.mailbox.lock();
+        mb.slow = true;
+        mb.waiters = false;
+        drop(mb);
+        self.drained.notify_waiters();
     }
 
     /// Waits until a delivery arrives for an online session.
@@ -218,6 +301,9 @@ impl Session {
         let mut mb = self.mailbox.lock();
         metrics.queued_removed(mb.queue.len());
         mb.queue.clear();
+        mb.waiters = false;
+        drop(mb);
+        self.drained.notify_waiters();
     }
 }
 

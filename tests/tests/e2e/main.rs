@@ -9,6 +9,7 @@
 //! Normative statement ids (MQTT-x.y.z-n) name the rule each test checks; docs/conformance.md
 //! maps them back to the tests.
 
+mod backpressure;
 mod conformance;
 mod connect;
 mod harness;
