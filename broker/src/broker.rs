@@ -7,13 +7,14 @@
 //! retained index are behind `RwLock`s taken for short, synchronous sections and never held
 //! across an `.await`; the session registry is a plain mutex over a map.
 //!
-//! [`Broker`] binds the listeners, restores what the store holds, runs the accept loops and
-//! the `$SYS` publisher, and shuts everything down in order.
+//! [`Broker`] binds the listeners, restores what the store holds (`restore`), runs the accept
+//! loops and the `$SYS` publisher, and shuts everything down in order.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,11 +28,13 @@ use crate::codec::{ProtocolVersion, QoS, ReasonCode, RetainHandling, Subscriptio
 use crate::config::Config;
 use crate::message::{Message, MessageProperties, cap_expiry};
 use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::pending::Pending;
 use crate::policy::{AllowAll, ClientInfo, Identity, Policy, PublishInfo, Verdict};
 use crate::router::{RetainedIndex, Route, SubscriptionTree};
-use crate::session::state::Subscribed;
 use crate::session::{Delivery, Kick, MailboxLimits, Session, SessionRef, SessionState};
-use crate::store::{Change, MemoryStore, NEVER_EXPIRES, Store, StoreError};
+use crate::store::{Change, MemoryStore, Store, StoreError, Target, WillRecord};
+
+mod restore;
 
 /// How often expired retained messages are purged.
 const RETAINED_PURGE_INTERVAL: Duration = Duration::from_secs(60);
@@ -43,6 +46,10 @@ pub struct Shared {
     pub retained: RwLock<RetainedIndex<Arc<Message>>>,
     pub sessions: Mutex<HashMap<ByteString, Arc<Session>>>,
     pub store: Arc<dyn Store>,
+    /// The store journals queued and inflight messages (`Store::journals_messages`).
+    pub journal: bool,
+    /// The next journal sequence number for a queued message.
+    next_seq: AtomicU64,
     pub policy: Arc<dyn Policy>,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
@@ -53,6 +60,21 @@ pub struct Shared {
 thread_local! {
     /// Reused per worker thread so routing a message allocates nothing for its route list.
     static ROUTES: RefCell<Vec<Route<SessionRef>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A QoS 1/2 PUBLISH being accepted from a client, for [`Shared::publish`].
+#[derive(Debug, Clone)]
+pub struct Acceptance {
+    pub client_id: ByteString,
+    pub packet_id: u16,
+    /// QoS 2 from a persistent session: the packet id is journaled until PUBREL.
+    pub exactly_once: bool,
+}
+
+/// A routed message: how many sessions got it, and when it is durable.
+pub struct Routed {
+    pub count: usize,
+    pub stored: Pending<Result<(), StoreError>>,
 }
 
 impl Shared {
@@ -78,10 +100,22 @@ impl Shared {
             && topic.split('/').count() <= l.max_topic_levels as usize
     }
 
-    /// Routes a message to every matching subscription; returns how many sessions got it.
-    /// Full queues apply their overflow policy (for the broker's own messages: wills, `$SYS`).
-    pub fn publish(&self, message: Arc<Message>, publisher: Option<&SessionRef>) -> usize {
-        self.route(message, publisher, None)
+    /// Routes a message to every matching subscription. Full queues apply their overflow
+    /// policy (for the broker's own messages: wills, `$SYS`).
+    ///
+    /// A QoS 1/2 message that reaches persistent sessions is journaled first (stored once,
+    /// queued for each of them), together with the publisher's `acceptance` when there is one,
+    /// in one change; only then does it enter the mailboxes, so no subscriber can acknowledge
+    /// it ahead of the journal. The returned [`Routed::stored`] resolves when that change is
+    /// durable: a publisher's PUBACK/PUBREC waits for it. A store that refuses the change at
+    /// once (failed) means the message is not routed at all.
+    pub fn publish(
+        &self,
+        message: Arc<Message>,
+        publisher: Option<&SessionRef>,
+        acceptance: Option<Acceptance>,
+    ) -> Result<Routed, StoreError> {
+        self.route(message, publisher, acceptance, None)
     }
 
     /// Routes a client's message like [`Shared::publish`], adding to `congested` every
@@ -91,46 +125,115 @@ impl Shared {
         &self,
         message: Arc<Message>,
         publisher: &SessionRef,
+        acceptance: Option<Acceptance>,
         congested: &mut Vec<Arc<Session>>,
-    ) -> usize {
-        self.route(message, Some(publisher), Some(congested))
+    ) -> Result<Routed, StoreError> {
+        self.route(message, Some(publisher), acceptance, Some(congested))
     }
 
     fn route(
         &self,
         message: Arc<Message>,
         publisher: Option<&SessionRef>,
+        acceptance: Option<Acceptance>,
         mut congested: Option<&mut Vec<Arc<Session>>>,
-    ) -> usize {
+    ) -> Result<Routed, StoreError> {
         ROUTES.with(|routes| {
             let mut routes = routes.borrow_mut();
             routes.clear();
             self.router
                 .read()
                 .route(&message.topic, publisher, &mut routes);
-            let n = routes.len();
+            let count = routes.len();
+            let journaled = |r: &Route<SessionRef>| {
+                r.subscriber.0.is_journaled() && r.qos.min(message.qos) > QoS::AtMostOnce
+            };
+            // One sequence block for this message's targets: taken in route order, so the
+            // delivery loop below can hand out the same numbers without remembering them.
+            let mut targets = Vec::new();
+            let mut seq = 0;
+            if self.journal && message.qos > QoS::AtMostOnce {
+                let n = routes.iter().filter(|r| journaled(r)).count() as u64;
+                if n > 0 {
+                    seq = self.next_seq.fetch_add(n, Ordering::Relaxed);
+                    targets.reserve_exact(n as usize);
+                    for r in routes.iter().filter(|r| journaled(r)) {
+                        targets.push(Target {
+                            client_id: r.subscriber.0.client_id.clone(),
+                            seq: seq + targets.len() as u64,
+                            qos: r.qos.min(message.qos),
+                            retain: r.retain_as_published && message.retain,
+                            identifiers: r.identifiers.clone(),
+                        });
+                    }
+                }
+            }
+            let any_target = !targets.is_empty();
+            let stored = match acceptance {
+                Some(a) => self.store.apply(Change::Accepted {
+                    client_id: a.client_id,
+                    packet_id: a.packet_id,
+                    message: message.clone(),
+                    targets,
+                    exactly_once: a.exactly_once,
+                }),
+                None if any_target => self.store.apply(Change::Routed {
+                    message: message.clone(),
+                    targets,
+                }),
+                None => Ok(()).into(),
+            };
+            if let Pending::Ready(Err(e)) = stored {
+                routes.clear();
+                return Err(e);
+            }
             for route in routes.drain(..) {
+                let delivery_seq = if any_target && journaled(&route) {
+                    seq += 1;
+                    seq - 1
+                } else {
+                    0
+                };
                 let delivery = Delivery {
                     qos: route.qos.min(message.qos),
                     // MQTT-3.3.1-12, -13: RETAIN is cleared unless Retain As Published.
                     retain: route.retain_as_published && message.retain,
                     identifiers: route.identifiers,
                     message: message.clone(),
+                    seq: delivery_seq,
                 };
                 let session = route.subscriber.0;
-                if session.deliver(delivery, &self.metrics, congested.is_some())
+                let delivered = session.deliver(delivery, &self.metrics, congested.is_some());
+                if let Some(dropped) = delivered.dropped {
+                    self.dequeue(&session.client_id, dropped.seq);
+                }
+                if delivered.full
                     && let Some(list) = congested.as_deref_mut()
                 {
                     list.push(session);
                 }
             }
-            n
+            Ok(Routed { count, stored })
         })
+    }
+
+    /// Takes a journaled delivery out of the store (acknowledged, dropped or expired); nothing
+    /// for one that lives in memory only (`seq` 0). Nobody waits for it: if it is lost in a
+    /// crash the message is delivered once more, which QoS 1 allows, and a QoS 2 message is
+    /// resent with its journaled packet id, which the receiver recognises.
+    pub fn dequeue(&self, client_id: &ByteString, seq: u64) {
+        if seq != 0 {
+            self.store.apply_detached(Change::Dequeued {
+                client_id: client_id.clone(),
+                seq,
+            });
+        }
     }
 
     /// Stores, replaces or (empty payload) clears the retained message of a topic
     /// (MQTT-3.3.1-5, -6, -7).
-    pub async fn retain(&self, message: &Arc<Message>) -> Result<(), StoreError> {
+    /// Resolves when the change is durable.
+    pub fn retain(&self, message: &Arc<Message>) -> Pending<Result<(), StoreError>> {
         let stored = if message.payload.is_empty() {
             None
         } else {
@@ -144,13 +247,10 @@ impl Shared {
             };
             self.metrics.set_retained(index.len());
         }
-        self.store
-            .apply(Change::Retained {
-                topic: message.topic.clone(),
-                message: stored,
-            })
-            .get()
-            .await
+        self.store.apply(Change::Retained {
+            topic: message.topic.clone(),
+            message: stored,
+        })
     }
 
     /// Adds a subscription; true if it replaced one with the same filter.
@@ -184,13 +284,16 @@ impl Shared {
                 if m.is_expired(now) {
                     return;
                 }
+                // Retained copies are not journaled: no publisher is waiting on them, and the
+                // retained message itself is in the store.
                 let delivery = Delivery {
                     qos: options.qos.min(m.qos),
                     retain: true,
                     identifiers: identifier.into_iter().collect(),
                     message: m.clone(),
+                    seq: 0,
                 };
-                session.0.deliver(delivery, &self.metrics, false);
+                let _ = session.0.deliver(delivery, &self.metrics, false);
             });
         }
         drop(router);
@@ -325,10 +428,12 @@ impl Shared {
     }
 
     /// Publishes a will message now or after its delay (MQTT-3.1.3-9: the delay ends early
-    /// when the session ends; a client reconnecting to the session first cancels it).
+    /// when the session ends; a client reconnecting to the session first cancels it). A
+    /// delayed will of a journaled session is stored until it is published or cancelled, so a
+    /// restart does not lose it.
     pub fn publish_will(
         self: &Arc<Self>,
-        will: Will,
+        mut will: Will,
         client: ClientInfo,
         identity: Identity,
         session: Arc<Session>,
@@ -340,40 +445,6 @@ impl Shared {
             .will_delay_interval
             .unwrap_or(0)
             .min(session_expiry);
-        let shared = self.clone();
-        self.tasks.spawn(async move {
-            if delay > 0 {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {}
-                    _ = session.ended.cancelled() => {}
-                    _ = shared.shutdown.cancelled() => return,
-                }
-                if session.current_generation() != generation && !session.ended.is_cancelled() {
-                    return; // the client came back
-                }
-            }
-            shared.send_will(will, &client, &identity).await;
-        });
-    }
-
-    async fn send_will(&self, mut will: Will, client: &ClientInfo, identity: &Identity) {
-        let info = PublishInfo {
-            topic: &will.topic,
-            qos: will.qos,
-            retain: will.retain,
-            payload_len: will.payload.len(),
-            user_properties: &will.properties.user_properties,
-        };
-        if let Verdict::Deny(_) = self
-            .policy
-            .authorize_publish(client, identity, info)
-            .get()
-            .await
-        {
-            self.metrics
-                .publish_dropped(crate::metrics::DropCause::NotAuthorized);
-            return;
-        }
         let message = Arc::new(Message {
             expiry: cap_expiry(
                 will.properties.message_expiry_interval,
@@ -387,12 +458,81 @@ impl Shared {
             received: Instant::now(),
             publisher: Some(client.client_id.clone()),
         });
-        if message.retain
-            && let Err(e) = self.retain(&message).await
+        let stored = delay > 0 && session.is_journaled();
+        if stored {
+            self.store.apply_detached(Change::WillScheduled(WillRecord {
+                client_id: client.client_id.clone(),
+                username: client.username.clone(),
+                protocol: client.protocol,
+                message: message.clone(),
+                publish_at: crate::store::disk::unix_now() + u64::from(delay),
+            }));
+        }
+        let shared = self.clone();
+        self.tasks.spawn(async move {
+            if delay > 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {}
+                    _ = session.ended.cancelled() => {}
+                    // Stays in the store: published after the restart.
+                    _ = shared.shutdown.cancelled() => return,
+                }
+                if session.current_generation() != generation && !session.ended.is_cancelled() {
+                    if stored {
+                        shared
+                            .store
+                            .apply_detached(Change::WillRemoved(client.client_id.clone()));
+                    }
+                    return; // the client came back
+                }
+            }
+            shared.send_will(message, &client, &identity).await;
+            if stored {
+                shared
+                    .store
+                    .apply_detached(Change::WillRemoved(client.client_id.clone()));
+            }
+        });
+    }
+
+    /// Publishes a will message that is due (the policy is asked first, as for any publish).
+    async fn send_will(&self, message: Arc<Message>, client: &ClientInfo, identity: &Identity) {
+        let info = PublishInfo {
+            topic: &message.topic,
+            qos: message.qos,
+            retain: message.retain,
+            payload_len: message.payload.len(),
+            user_properties: &message.properties.user_properties,
+        };
+        if let Verdict::Deny(_) = self
+            .policy
+            .authorize_publish(client, identity, info)
+            .get()
+            .await
         {
+            self.metrics
+                .publish_dropped(crate::metrics::DropCause::NotAuthorized);
+            return;
+        }
+        // The expiry interval counts from publication (the will may have waited its delay).
+        let message = Arc::new(Message {
+            received: Instant::now(),
+            ..(*message).clone()
+        });
+        let retained = if message.retain {
+            Some(self.retain(&message))
+        } else {
+            None
+        };
+        if let Err(e) = self.publish(message, None, None) {
+            tracing::error!(error = %e, "could not queue a will message");
+        }
+        if let Some(Err(e)) = match retained {
+            Some(p) => Some(p.get().await),
+            None => None,
+        } {
             tracing::error!(error = %e, "could not retain a will message");
         }
-        self.publish(message, None);
     }
 
     /// Drops retained messages whose expiry interval has passed (MQTT-3.3.2-5).
@@ -439,8 +579,8 @@ impl Shared {
                 expiry: None,
                 publisher: None,
             });
-            let _ = self.retain(&message).await;
-            self.publish(message, None);
+            let _ = self.retain(&message).get().await;
+            let _ = self.publish(message, None, None);
         }
     }
 }
@@ -454,7 +594,7 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot read stored state: {0}")]
+    #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
 }
 
@@ -465,9 +605,22 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts with in-memory state and the allow-all policy.
+    /// Starts with in-memory state and the allow-all policy, whatever `[storage]` says: for
+    /// tests and embedding, where nothing should be written to disk unless asked for. The
+    /// `moat` command uses [`Broker::open`].
     pub async fn start(config: Config) -> Result<Broker, StartError> {
         Broker::start_with(config, Arc::new(MemoryStore::new()), Arc::new(AllowAll)).await
+    }
+
+    /// Starts as the `moat` command does: with the store `[storage]` configures (by default
+    /// the embedded database in the platform's state directory) and the allow-all policy.
+    pub async fn open(config: Config) -> Result<Broker, StartError> {
+        let storage = config.storage.clone();
+        // Opening reads the whole database: off the async threads.
+        let store = tokio::task::spawn_blocking(move || crate::store::open(&storage))
+            .await
+            .map_err(|e| StoreError(format!("the store's start failed: {e}")))??;
+        Broker::start_with(config, store, Arc::new(AllowAll)).await
     }
 
     /// Binds every listener, restores the store's state, and starts serving.
@@ -502,6 +655,8 @@ impl Broker {
             router: RwLock::new(SubscriptionTree::new()),
             retained: RwLock::new(RetainedIndex::new()),
             sessions: Mutex::new(HashMap::new()),
+            journal: store.journals_messages(),
+            next_seq: AtomicU64::new(snapshot.next_seq.max(1)),
             store,
             policy,
             metrics: Metrics::default(),
@@ -589,41 +744,8 @@ impl Broker {
         {
             tracing::warn!("some connections did not close within {grace:?}");
         }
-    }
-}
-
-impl Shared {
-    /// Rebuilds retained messages and offline persistent sessions from a store snapshot.
-    fn restore(self: &Arc<Self>, snapshot: crate::store::Snapshot) {
-        {
-            let mut index = self.retained.write();
-            for m in snapshot.retained {
-                index.insert(&m.topic.clone(), m);
-            }
-            self.metrics.set_retained(index.len());
-        }
-        for record in snapshot.sessions {
-            let mut state = SessionState::new(record.protocol, record.expiry_interval);
-            for s in &record.subscriptions {
-                let subscribed = Subscribed {
-                    options: s.options,
-                    identifier: s.identifier,
-                    check_each_delivery: s.check_each_delivery,
-                };
-                state.subscriptions.insert(s.filter.clone(), subscribed);
-            }
-            let session = Session::new(record.client_id.clone(), state, self.mailbox_limits());
-            let me = SessionRef(session.clone());
-            for s in &record.subscriptions {
-                self.subscribe(&me, &s.filter, s.options, s.identifier, false);
-            }
-            self.sessions
-                .lock()
-                .insert(record.client_id.clone(), session.clone());
-            self.metrics.offline_session_restored();
-            if record.expiry_interval != NEVER_EXPIRES {
-                self.schedule_expiry(session, 0, record.expiry_interval);
-            }
+        if let Err(e) = self.shared.store.close().get().await {
+            tracing::error!(error = %e, "the store did not close cleanly");
         }
     }
 }

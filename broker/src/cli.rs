@@ -7,10 +7,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+use crate::Broker;
 use crate::config::{Config, ConfigError};
 
 /// moat: an MQTT 3.1.1 and 5.0 broker.
@@ -30,6 +33,66 @@ pub struct Cli {
                 listeners. May be given several times"
     )]
     pub listen: Vec<SocketAddr>,
+}
+
+/// Runs the `moat` command: parse the command line, load the configuration, open the store,
+/// serve until SIGINT or SIGTERM. The `moat` binary is this function; the end-to-end tests
+/// run it as a separate process too (to kill it with SIGKILL).
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("moat: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config.log.filter);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.server.worker_threads {
+        runtime.worker_threads(n);
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("moat: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let broker = match Broker::open(config).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("moat: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        broker.shutdown(Duration::from_secs(5)).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// The configuration `cli` asks for: the `--config` file, or the defaults, with `--listen`

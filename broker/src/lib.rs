@@ -21,7 +21,7 @@
 //! - [`policy`]: the seam every security decision goes through; [`policy::AllowAll`] until the
 //!   plugin runtime provides Wasm-backed policies.
 //! - [`store`]: the seam for durable state, as a journal of changes plus a snapshot to restore;
-//!   [`store::MemoryStore`] for now.
+//!   [`store::DiskStore`] (redb, group commit) and [`store::MemoryStore`].
 //! - [`net`]: listeners and accept loops.
 //! - [`config`], [`cli`]: the TOML configuration (errors name file, line and key) and the
 //!   command line; [`metrics`] and [`sys`]: counters and the Mosquitto-named `$SYS` topics.

@@ -58,6 +58,9 @@ pub struct Config {
     pub log: LogConfig,
     /// `[server]`: the process itself.
     pub server: ServerConfig,
+    /// `[storage]`: where durable state (retained messages, persistent sessions, their queued
+    /// and in-flight messages) is kept, and how durable an acknowledgement is.
+    pub storage: StorageConfig,
 }
 
 impl Default for Config {
@@ -68,6 +71,7 @@ impl Default for Config {
             sys: SysConfig::default(),
             log: LogConfig::default(),
             server: ServerConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -270,6 +274,78 @@ pub struct ServerConfig {
     /// `worker_threads`: threads serving connections (1 to 1024). Default: one per CPU core.
     /// Set it to 1 to pin the broker to one core for benchmarks.
     pub worker_threads: Option<usize>,
+}
+
+/// The `[storage]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `backend`: `"disk"` keeps durable state in an embedded database (redb) under `dir`, so
+    /// retained messages, persistent sessions and acknowledged QoS 1/2 messages survive a
+    /// restart or a crash; `"memory"` keeps it in the process only (lost when it ends).
+    /// Default: `"disk"`.
+    pub backend: StorageBackend,
+    /// `dir`: the data directory, created if missing; the database is the file `moat.redb` in
+    /// it. Default: the platform's state directory for moat: `$XDG_STATE_HOME/moat`, or
+    /// `~/.local/state/moat` when `XDG_STATE_HOME` is unset (never the current directory).
+    pub dir: Option<std::path::PathBuf>,
+    /// `durability`: when a QoS 1/2 message counts as accepted. `"sync"`: it is on disk
+    /// (fsync) before PUBACK/PUBREC is sent; concurrent connections share one commit (group
+    /// commit). `"batched"`: acknowledged at once and committed every `commit_interval_ms`; a
+    /// crash can lose what was acknowledged in the last interval. Default: `"sync"`.
+    pub durability: Durability,
+    /// `commit_interval_ms`: milliseconds between commits in `"batched"` mode. Range 1 to
+    /// 10000. Default: 10.
+    pub commit_interval_ms: u32,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: StorageBackend::Disk,
+            dir: None,
+            durability: Durability::Sync,
+            commit_interval_ms: 10,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The data directory: `dir` if set, else the platform's state directory for moat
+    /// (`$XDG_STATE_HOME/moat`, else `$HOME/.local/state/moat`). `None` when neither `dir`,
+    /// `XDG_STATE_HOME` nor `HOME` is set.
+    pub fn data_dir(&self) -> Option<std::path::PathBuf> {
+        if let Some(dir) = &self.dir {
+            return Some(dir.clone());
+        }
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+        if let Some(state) = env("XDG_STATE_HOME") {
+            return Some(std::path::PathBuf::from(state).join("moat"));
+        }
+        env("HOME").map(|home| std::path::PathBuf::from(home).join(".local/state/moat"))
+    }
+}
+
+/// Where durable state lives (`storage.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// `"disk"`: the embedded database under `storage.dir`.
+    #[default]
+    Disk,
+    /// `"memory"`: nothing survives the process.
+    Memory,
+}
+
+/// When an accepted QoS 1/2 message is acknowledged (`storage.durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `"sync"`: after it is on disk (group commit).
+    #[default]
+    Sync,
+    /// `"batched"`: at once; committed every `commit_interval_ms`.
+    Batched,
 }
 
 /// The `[log]` table.

@@ -42,6 +42,32 @@ fn defaults_are_secure_and_as_documented() {
     assert_eq!(c.sys.interval, Duration::from_secs(10));
     assert!(c.sys.enabled());
     assert_eq!(c.log.filter, "info");
+    assert_eq!(c.storage.backend, StorageBackend::Disk);
+    assert_eq!(c.storage.dir, None);
+    assert_eq!(c.storage.durability, Durability::Sync);
+    assert_eq!(c.storage.commit_interval_ms, 10);
+}
+
+#[test]
+fn storage_section_parses() {
+    let c = parse(
+        "[storage]\nbackend = \"memory\"\ndir = \"/var/lib/moat\"\ndurability = \"batched\"\ncommit_interval_ms = 50\n",
+    )
+    .unwrap();
+    assert_eq!(c.storage.backend, StorageBackend::Memory);
+    assert_eq!(c.storage.data_dir(), Some("/var/lib/moat".into()));
+    assert_eq!(c.storage.durability, Durability::Batched);
+    assert_eq!(c.storage.commit_interval_ms, 50);
+}
+
+#[test]
+fn default_data_dir_is_the_state_directory_not_the_cwd() {
+    let dir = StorageConfig::default().data_dir();
+    if let Some(dir) = dir {
+        assert!(dir.is_absolute() || std::env::var_os("XDG_STATE_HOME").is_some());
+        assert!(dir.ends_with("moat"), "{dir:?}");
+        assert_ne!(dir, std::env::current_dir().unwrap());
+    }
 }
 
 #[test]
@@ -85,6 +111,10 @@ fn example_documents_every_key() {
         "max_client_id_length",
         "interval",
         "filter",
+        "backend",
+        "dir",
+        "durability",
+        "commit_interval_ms",
     ] {
         assert!(
             EXAMPLE.contains(&format!("\n{key} = ")) || EXAMPLE.contains(&format!("# {key} = ")),
@@ -464,6 +494,34 @@ const BAD: &[(&str, &str, usize, &str, &str)] = &[
         2,
         "sys.interval",
         "must be between 0 and 86400, got -5",
+    ),
+    (
+        "storage backend",
+        "[storage]\nbackend = \"tape\"\n",
+        2,
+        "storage.backend",
+        "unknown variant `tape`",
+    ),
+    (
+        "storage durability",
+        "[storage]\ndurability = \"eventually\"\n",
+        2,
+        "storage.durability",
+        "unknown variant `eventually`",
+    ),
+    (
+        "storage commit interval",
+        "[storage]\ncommit_interval_ms = 0\n",
+        2,
+        "storage.commit_interval_ms",
+        "must be between 1 and 10000, got 0",
+    ),
+    (
+        "storage empty dir",
+        "[storage]\ndir = \"\"\n",
+        2,
+        "storage.dir",
+        "must not be empty",
     ),
     (
         "sys interval",

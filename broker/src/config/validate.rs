@@ -28,6 +28,7 @@ const RANGES: &[(&str, u64, u64)] = &[
     ("limits.max_client_id_length", 23, u16::MAX as u64),
     ("sys.interval", 0, 86_400),
     ("server.worker_threads", 1, 1024),
+    ("storage.commit_interval_ms", 1, 10_000),
 ];
 
 /// The allowed range of the integer setting at dotted `key`, if it is a ranged one.
@@ -53,6 +54,18 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     }
 
     validate_listeners(config)?;
+
+    if config
+        .storage
+        .dir
+        .as_ref()
+        .is_some_and(|d| d.as_os_str().is_empty())
+    {
+        return Err(Invalid {
+            path: KeyPath::keys(&["storage", "dir"]),
+            message: "must not be empty (leave it out for the default state directory)".into(),
+        });
+    }
 
     if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&config.log.filter) {
         return Err(Invalid {
@@ -106,6 +119,10 @@ fn ranged_values(config: &Config) -> [(&'static str, Option<u64>); RANGES.len()]
         (
             "server.worker_threads",
             config.server.worker_threads.map(|n| n as u64),
+        ),
+        (
+            "storage.commit_interval_ms",
+            Some(config.storage.commit_interval_ms.into()),
         ),
     ]
 }

@@ -208,8 +208,9 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         conn.update_delivery_checks();
         conn.shared.metrics.client_connected();
         conn.send(&connack);
+        conn.session.set_journaled(conn.journaled());
         if conn.state.expiry_interval > 0 {
-            conn.persist_session().await;
+            conn.persist_session(None).await;
         }
         conn.session.set_online(true);
         // MQTT-4.4.0-1: resend unacknowledged PUBLISH (DUP) and PUBREL on a resumed session.
@@ -405,9 +406,15 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         if detached {
             if expiry == 0 {
                 self.shared.end_session(&self.session, &self.state).await;
-            } else if expiry != NEVER_EXPIRES {
-                self.shared
-                    .schedule_expiry(self.session.clone(), self.generation, expiry);
+            } else {
+                // The store learns when the session went offline, so that a restart can tell
+                // whether it expired meanwhile.
+                self.persist_session(Some(crate::store::disk::unix_now()))
+                    .await;
+                if expiry != NEVER_EXPIRES {
+                    self.shared
+                        .schedule_expiry(self.session.clone(), self.generation, expiry);
+                }
             }
         }
         tracing::debug!(client = %self.client.client_id, ?end, "client disconnected");
@@ -435,12 +442,13 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         }
     }
 
-    /// Records the session in the store (persistent sessions only).
-    pub async fn persist_session(&mut self) {
+    /// Records the session in the store (persistent sessions only); `offline_since` when its
+    /// connection has ended.
+    pub async fn persist_session(&mut self, offline_since: Option<u64>) {
         if self.state.expiry_interval == 0 {
             return;
         }
-        let record = self.state.record(&self.client.client_id);
+        let record = self.state.record(&self.client.client_id, offline_since);
         if let Err(e) = self
             .shared
             .store

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::connection::{Conn, End};
 use super::handshake;
 use super::state::{Phase, Subscribed};
+use crate::broker::Acceptance;
 use crate::codec::{
     Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, SubAck, Subscribe,
     SubscriptionOptions, UnsubAck, Unsubscribe,
@@ -19,7 +20,7 @@ use crate::codec::{
 use crate::message::Message;
 use crate::metrics::DropCause;
 use crate::policy::{PublishInfo, SubscribeVerdict, Verdict};
-use crate::store::Change;
+use crate::store::{Change, StoreError};
 use crate::topic;
 
 const fn closed(reason: ReasonCode) -> Option<End> {
@@ -31,8 +32,8 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         match packet {
             Packet::Publish(p) => self.on_publish(p).await,
             Packet::PubAck(r) => self.on_puback(r),
-            Packet::PubRec(r) => self.on_pubrec(r),
-            Packet::PubRel(r) => self.on_pubrel(r),
+            Packet::PubRec(r) => self.on_pubrec(r).await,
+            Packet::PubRel(r) => self.on_pubrel(r).await,
             Packet::PubComp(r) => self.on_pubcomp(r),
             // Boxed: rare, and their futures would otherwise sit in every connection's task.
             Packet::Subscribe(s) => Box::pin(self.on_subscribe(s)).await,
@@ -200,37 +201,36 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             return None;
         }
 
-        if let Some(id) = packet_id {
-            // The store accepts the message before it is acknowledged.
-            let change = Change::Accepted {
-                client_id: self.client.client_id.clone(),
-                packet_id: id,
-                message: message.clone(),
+        // Retained first: a new subscriber must never get a stale retained copy after this
+        // message was routed (see `Shared::subscribe`).
+        let retained = message.retain.then(|| self.shared.retain(&message));
+        let acceptance = packet_id.map(|id| Acceptance {
+            client_id: self.client.client_id.clone(),
+            packet_id: id,
+            exactly_once: qos == QoS::ExactlyOnce && self.journaled(),
+        });
+        // The store accepts the message (and, for persistent subscribers, its queue entries)
+        // before it is acknowledged.
+        let routed =
+            match self
+                .shared
+                .publish_paced(message, &self.me, acceptance, &mut self.congested)
+            {
+                Ok(r) => r,
+                Err(e) => return self.store_refused(packet_id, qos, &e),
             };
-            if let Err(e) = self.shared.store.apply(change).get().await {
-                tracing::error!(client = %self.client.client_id, error = %e, "store refused a message");
-                if self.version == ProtocolVersion::V311 {
-                    return closed(ReasonCode::UNSPECIFIED_ERROR);
-                }
-                let r = self.response(id, ReasonCode::UNSPECIFIED_ERROR, Some("store failure"));
-                match qos {
-                    QoS::AtLeastOnce => self.send(&Packet::PubAck(r)),
-                    _ => self.send(&Packet::PubRec(r)),
-                };
-                return None;
-            }
+        if let Err(e) = routed.stored.get().await {
+            return self.store_refused(packet_id, qos, &e);
         }
-        if message.retain
-            && let Err(e) = self.shared.retain(&message).await
-        {
+        if let Some(Err(e)) = match retained {
+            Some(p) => Some(p.get().await),
+            None => None,
+        } {
             tracing::error!(error = %e, "could not store a retained message");
         }
-        let routed = self
-            .shared
-            .publish_paced(message, &self.me, &mut self.congested);
 
         if let Some(id) = packet_id {
-            let reason = if routed == 0 && self.version == ProtocolVersion::V5 {
+            let reason = if routed.count == 0 && self.version == ProtocolVersion::V5 {
                 ReasonCode::NO_MATCHING_SUBSCRIBERS
             } else {
                 ReasonCode::SUCCESS
@@ -246,17 +246,47 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         None
     }
 
+    /// The store could not make an accepted QoS 1/2 message durable: the publisher is not
+    /// told it was accepted (3.1.1 has no negative acknowledgement, so there the connection
+    /// closes, MQTT-4.8.0-2 of 3.1.1).
+    fn store_refused(&mut self, packet_id: Option<u16>, qos: QoS, e: &StoreError) -> Option<End> {
+        tracing::error!(client = %self.client.client_id, error = %e, "store refused a message");
+        let id = packet_id?;
+        if self.version == ProtocolVersion::V311 {
+            return closed(ReasonCode::UNSPECIFIED_ERROR);
+        }
+        let r = self.response(id, ReasonCode::UNSPECIFIED_ERROR, Some("store failure"));
+        match qos {
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(r)),
+            _ => self.send(&Packet::PubRec(r)),
+        };
+        None
+    }
+
+    /// Whether this session's QoS 1/2 state is journaled (persistent, and a store that
+    /// keeps messages).
+    pub(super) fn journaled(&self) -> bool {
+        self.shared.journal && self.state.expiry_interval > 0
+    }
+
+    /// Ends the exchange of outbound message `i` and takes it out of the journal.
+    fn outbound_done(&mut self, i: usize) {
+        if let Some(o) = self.state.outbound.remove(i) {
+            self.shared.metrics.inflight_removed(1);
+            self.shared.dequeue(&self.client.client_id, o.delivery.seq);
+        }
+    }
+
     fn on_puback(&mut self, r: PubResponse) -> Option<End> {
         if let Some(i) = self.state.find_outbound(r.packet_id)
             && self.state.outbound[i].delivery.qos == QoS::AtLeastOnce
         {
-            self.state.outbound.remove(i);
-            self.shared.metrics.inflight_removed(1);
+            self.outbound_done(i);
         }
         None
     }
 
-    fn on_pubrec(&mut self, r: PubResponse) -> Option<End> {
+    async fn on_pubrec(&mut self, r: PubResponse) -> Option<End> {
         let Some(i) = self.state.find_outbound(r.packet_id) else {
             // MQTT 5: PUBREL with 0x92 for an unknown id (section 3.6.2.1).
             let resp = self.response(r.packet_id, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND, None);
@@ -268,11 +298,24 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         }
         if r.reason_code.is_error() {
             // The receiver refused it: the exchange ends here (section 4.3.3).
-            self.state.outbound.remove(i);
-            self.shared.metrics.inflight_removed(1);
+            self.outbound_done(i);
             return None;
         }
-        self.state.outbound[i].phase = Phase::Released;
+        let o = &mut self.state.outbound[i];
+        let first = o.phase == Phase::Published;
+        o.phase = Phase::Released;
+        let seq = o.delivery.seq;
+        if first && seq != 0 {
+            // Once PUBREL is out the receiver may forget the message; resending the PUBLISH
+            // after a restart would then deliver it twice, so "released" is durable first.
+            let change = Change::Released {
+                client_id: self.client.client_id.clone(),
+                seq,
+            };
+            if let Err(e) = self.shared.store.apply(change).get().await {
+                tracing::error!(client = %self.client.client_id, error = %e, "could not journal a PUBREC");
+            }
+        }
         self.send(&Packet::PubRel(PubResponse::success(r.packet_id)));
         None
     }
@@ -281,15 +324,26 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         if let Some(i) = self.state.find_outbound(r.packet_id)
             && self.state.outbound[i].phase == Phase::Released
         {
-            self.state.outbound.remove(i);
-            self.shared.metrics.inflight_removed(1);
+            self.outbound_done(i);
         }
         None
     }
 
-    fn on_pubrel(&mut self, r: PubResponse) -> Option<End> {
+    async fn on_pubrel(&mut self, r: PubResponse) -> Option<End> {
         // MQTT-4.3.3-11: PUBCOMP with the same id, even for one we no longer know (v5: 0x92).
-        let reason = if self.state.inbound_qos2.remove(&r.packet_id) {
+        let known = self.state.inbound_qos2.remove(&r.packet_id);
+        if known && self.journaled() {
+            // Forgotten durably before PUBCOMP: a remembered id would make the broker drop the
+            // client's next message with that id after a restart.
+            let change = Change::InboundReleased {
+                client_id: self.client.client_id.clone(),
+                packet_id: r.packet_id,
+            };
+            if let Err(e) = self.shared.store.apply(change).get().await {
+                tracing::error!(client = %self.client.client_id, error = %e, "could not journal a PUBREL");
+            }
+        }
+        let reason = if known {
             ReasonCode::SUCCESS
         } else if self.version == ProtocolVersion::V5 {
             ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
@@ -373,7 +427,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         }));
         if changed {
             self.update_delivery_checks();
-            self.persist_session().await;
+            self.persist_session(None).await;
         }
         None
     }
@@ -398,7 +452,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             reason_codes: codes,
             properties: Properties::default(),
         }));
-        self.persist_session().await;
+        self.persist_session(None).await;
         None
     }
 

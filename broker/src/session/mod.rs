@@ -31,6 +31,7 @@ pub mod state;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytestring::ByteString;
 use parking_lot::Mutex;
@@ -56,6 +57,28 @@ pub struct Delivery {
     pub retain: bool,
     /// The identifiers of every matching subscription (MQTT-3.3.4-3).
     pub identifiers: SmallVec<[u32; 2]>,
+    /// Its journal sequence number when the store keeps it (a QoS 1/2 message for a persistent
+    /// session, see `store`); 0 when it lives in memory only.
+    pub seq: u64,
+}
+
+/// What became of a delivery handed to a mailbox.
+#[must_use]
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// The mailbox is full and pushes back: the publisher must wait.
+    pub full: bool,
+    /// The delivery the mailbox did not keep, if any.
+    pub dropped: Option<Delivery>,
+}
+
+impl Delivered {
+    fn dropped(delivery: Delivery) -> Delivered {
+        Delivered {
+            full: false,
+            dropped: Some(delivery),
+        }
+    }
 }
 
 /// The bounds of a mailbox, from the config.
@@ -131,6 +154,9 @@ pub struct Session {
     /// Cancelled once the session has ended; deliveries to it are dropped and a delayed will
     /// waiting on it is published at once (MQTT-3.1.3-9).
     pub(crate) ended: CancellationToken,
+    /// Its QoS 1/2 deliveries are journaled (a persistent session, and a store that keeps
+    /// messages).
+    journaled: AtomicBool,
 }
 
 impl Session {
@@ -150,35 +176,48 @@ impl Session {
             state: Arc::new(tokio::sync::Mutex::new(state)),
             conn: Mutex::new((0, None)),
             ended: CancellationToken::new(),
+            journaled: AtomicBool::new(false),
         })
+    }
+
+    /// Whether QoS 1/2 deliveries to this session are journaled.
+    pub fn is_journaled(&self) -> bool {
+        self.journaled.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_journaled(&self, journaled: bool) {
+        self.journaled.store(journaled, Ordering::Relaxed);
     }
 
     /// Hands a message to this session. Never blocks.
     ///
     /// With `pushback` (the caller is a publisher's connection that will wait when told to),
     /// a connected client's mailbox that is not marked slow takes the message even beyond its
-    /// bound, and the answer is true once the mailbox is full: the caller must then wait (see
-    /// `backpressure`) before it routes anything more. Each publisher thus adds at most one
-    /// message beyond the bound. Otherwise (offline sessions, slow ones, the broker's own
-    /// messages) the bound and its overflow policy apply, and the answer is false.
-    pub fn deliver(&self, delivery: Delivery, metrics: &Metrics, pushback: bool) -> bool {
+    /// bound, and [`Delivered::full`] is true once the mailbox is full: the caller must then
+    /// wait (see `backpressure`) before it routes anything more. Each publisher thus adds at
+    /// most one message beyond the bound. Otherwise (offline sessions, slow ones, the broker's
+    /// own messages) the bound and its overflow policy apply. [`Delivered::dropped`] is the
+    /// delivery the mailbox did not keep (the new one, or the oldest it dropped), so the
+    /// caller can take a journaled one out of the store.
+    pub fn deliver(&self, delivery: Delivery, metrics: &Metrics, pushback: bool) -> Delivered {
         if self.ended.is_cancelled() {
-            return false;
+            return Delivered::dropped(delivery);
         }
         let mut mb = self.mailbox.lock();
         if !mb.online && delivery.qos == QoS::AtMostOnce && !mb.limits.queue_qos0_offline {
             // QoS 0 for an offline session is not queued unless configured (section 4.5
             // allows either); it is not a drop the operator needs to hear about.
-            return false;
+            return Delivered::dropped(delivery);
         }
         let max = mb.limits.max_queued;
         let push_back = pushback && mb.online && !mb.slow && mb.limits.backpressure && max > 0;
+        let mut dropped = None;
         if mb.queue.len() >= max && !push_back {
             metrics.publish_dropped(DropCause::QueueFull);
             match mb.limits.overflow {
-                QueueOverflow::DropNewest => return false,
+                QueueOverflow::DropNewest => return Delivered::dropped(delivery),
                 QueueOverflow::DropOldest => {
-                    mb.queue.pop_front();
+                    dropped = mb.queue.pop_front();
                     metrics.queued_removed(1);
                 }
             }
@@ -191,7 +230,7 @@ impl Session {
         if online {
             self.wake.notify_one();
         }
-        full
+        Delivered { full, dropped }
     }
 
     /// Takes up to `max` queued deliveries, oldest first, into `out`.

@@ -14,6 +14,7 @@ use super::connection::{Conn, WRITE_HIGH_WATER};
 use super::state::{Outbound, Phase};
 use crate::codec::{Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS};
 use crate::metrics::DropCause;
+use crate::store::Change;
 use crate::topic;
 
 impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
@@ -26,6 +27,9 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
     /// buffer allow.
     pub(super) async fn pump(&mut self) {
         let mut batch = std::mem::take(&mut self.scratch);
+        // The journal entry of the last QoS 2 packet id assigned: it must be durable before
+        // the PUBLISH leaves (the write buffer is flushed only after this returns).
+        let mut journaled_id = None;
         while self.wbuf.len() < WRITE_HIGH_WATER && self.window_open() {
             self.session
                 .take_queued(PUMP_BATCH_SIZE, &mut batch, &self.shared.metrics);
@@ -37,12 +41,14 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             for d in drained.by_ref() {
                 if d.message.is_expired(now) {
                     self.shared.metrics.publish_dropped(DropCause::Expired);
+                    self.shared.dequeue(&self.client.client_id, d.seq);
                     continue;
                 }
                 if self.check_deliveries && !self.may_deliver(&d.message.topic).await {
                     self.shared
                         .metrics
                         .publish_dropped(DropCause::NotAuthorized);
+                    self.shared.dequeue(&self.client.client_id, d.seq);
                     continue;
                 }
                 if d.qos == QoS::AtMostOnce {
@@ -60,17 +66,35 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
                     break;
                 };
                 if self.send_delivery(&d, Some(id), false, now) {
+                    if d.seq != 0 && d.qos == QoS::ExactlyOnce {
+                        // A QoS 2 message must be resent with the same packet id after a
+                        // restart, or the receiver would take it for a new one.
+                        journaled_id = Some(self.shared.store.apply(Change::Sent {
+                            client_id: self.client.client_id.clone(),
+                            seq: d.seq,
+                            packet_id: id,
+                        }));
+                    }
                     self.state.outbound.push_back(Outbound {
                         packet_id: id,
                         delivery: d,
                         phase: Phase::Published,
                     });
                     self.shared.metrics.inflight_added();
+                } else {
+                    self.shared.dequeue(&self.client.client_id, d.seq);
                 }
             }
         }
         batch.clear();
         self.scratch = batch;
+        // Changes are durable in order, so waiting for the last covers them all.
+        if let Some(Err(e)) = match journaled_id {
+            Some(p) => Some(p.get().await),
+            None => None,
+        } {
+            tracing::error!(client = %self.client.client_id, error = %e, "could not journal a packet id");
+        }
     }
 
     /// Asks the policy about one delivery when a subscription it matches was allowed only with

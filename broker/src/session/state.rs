@@ -81,8 +81,8 @@ impl SessionState {
         self.outbound.iter().position(|o| o.packet_id == packet_id)
     }
 
-    /// The record a store keeps for this session.
-    pub fn record(&self, client_id: &ByteString) -> SessionRecord {
+    /// The record a store keeps for this session; `offline_since` as in [`SessionRecord`].
+    pub fn record(&self, client_id: &ByteString, offline_since: Option<u64>) -> SessionRecord {
         let mut subscriptions: Vec<SubscriptionRecord> = self
             .subscriptions
             .iter()
@@ -99,6 +99,7 @@ impl SessionState {
             protocol: self.protocol,
             expiry_interval: self.expiry_interval,
             subscriptions,
+            offline_since,
         }
     }
 }
@@ -128,6 +129,7 @@ mod tests {
                 qos: QoS::AtLeastOnce,
                 retain: false,
                 identifiers: Default::default(),
+                seq: 0,
             },
         }
     }

@@ -3,7 +3,8 @@
 //! It materializes the journal into maps so that `load` returns exactly what was applied; a
 //! broker restarted on the same `MemoryStore` (as the tests do) gets its retained messages and
 //! persistent sessions back. Messages are shared `Arc`s, so holding them here costs a pointer,
-//! not a copy.
+//! not a copy. It does not journal queued or inflight messages
+//! ([`Store::journals_messages`] is false), so the broker builds none of those changes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,6 +47,7 @@ impl Store for MemoryStore {
         Ok(Snapshot {
             retained: state.retained.values().cloned().collect(),
             sessions: state.sessions.values().cloned().collect(),
+            ..Snapshot::default()
         })
         .into()
     }
@@ -73,6 +75,14 @@ impl Store for MemoryStore {
             Change::SessionRemoved(id) => {
                 self.state.lock().sessions.remove(&id);
             }
+            // Not sent to a store that does not journal messages; nothing to keep if they are.
+            Change::Routed { .. }
+            | Change::Sent { .. }
+            | Change::Released { .. }
+            | Change::Dequeued { .. }
+            | Change::InboundReleased { .. }
+            | Change::WillScheduled(_)
+            | Change::WillRemoved(_) => {}
         }
         Ok(()).into()
     }
@@ -134,6 +144,7 @@ mod tests {
                 identifier: Some(7),
                 check_each_delivery: false,
             }],
+            offline_since: None,
         };
         apply(Change::SessionSaved(record.clone()))
             .get()
