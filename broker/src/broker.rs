@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use bytestring::ByteString;
 use parking_lot::{Mutex, RwLock};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -52,6 +51,8 @@ pub struct Shared {
     next_seq: AtomicU64,
     pub policy: Arc<dyn Policy>,
     pub metrics: Metrics,
+    /// Connection limits and per-address defences (`net::admission`).
+    pub admission: Arc<crate::net::admission::Admission>,
     pub shutdown: CancellationToken,
     pub started: Instant,
     tasks: TaskTracker,
@@ -588,11 +589,10 @@ impl Shared {
 /// The broker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("listener `{name}`: cannot bind {addr}: {source}")]
-    Bind {
+    #[error("listener `{name}`: {source}")]
+    Listener {
         name: String,
-        addr: SocketAddr,
-        source: std::io::Error,
+        source: crate::net::BindError,
     },
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
@@ -602,6 +602,7 @@ pub enum StartError {
 pub struct Broker {
     shared: Arc<Shared>,
     listeners: Vec<(Arc<str>, SocketAddr)>,
+    bound: Vec<Arc<crate::net::Listener>>,
 }
 
 impl Broker {
@@ -631,25 +632,16 @@ impl Broker {
     ) -> Result<Broker, StartError> {
         let mut bound = Vec::new();
         for l in &config.listeners {
-            let listener = TcpListener::bind(l.bind)
+            let listener = crate::net::Listener::bind(l, &config.limits)
                 .await
-                .map_err(|source| StartError::Bind {
+                .map_err(|source| StartError::Listener {
                     name: l.name.clone(),
-                    addr: l.bind,
                     source,
                 })?;
-            let addr = listener.local_addr().map_err(|source| StartError::Bind {
-                name: l.name.clone(),
-                addr: l.bind,
-                source,
-            })?;
-            if !addr.ip().is_loopback() {
-                tracing::warn!(listener = %l.name, %addr,
-                    "plain TCP listener on a non-loopback address: traffic is not encrypted");
-            }
-            bound.push((Arc::<str>::from(l.name.as_str()), addr, listener));
+            bound.push(listener);
         }
         let snapshot = store.load().get().await?;
+        let admission = crate::net::admission::Admission::new(&config.limits);
         let shared = Arc::new(Shared {
             config,
             router: RwLock::new(SubscriptionTree::new()),
@@ -660,6 +652,7 @@ impl Broker {
             store,
             policy,
             metrics: Metrics::default(),
+            admission,
             shutdown: CancellationToken::new(),
             started: Instant::now(),
             tasks: TaskTracker::new(),
@@ -667,13 +660,19 @@ impl Broker {
         shared.restore(snapshot);
 
         let mut listeners = Vec::new();
-        for (name, addr, listener) in bound {
-            tracing::info!(listener = %name, %addr, "listening");
-            listeners.push((name.clone(), addr));
-            shared
-                .tasks
-                .spawn(crate::net::accept_loop(shared.clone(), name, listener));
+        let mut running = Vec::new();
+        for (listener, socket) in bound {
+            tracing::info!(listener = %listener.name, addr = %listener.addr,
+                protocol = listener.config.protocol.as_str(), "listening");
+            listeners.push((listener.name.clone(), listener.addr));
+            shared.tasks.spawn(crate::net::accept_loop(
+                shared.clone(),
+                listener.clone(),
+                socket,
+            ));
+            running.push(listener);
         }
+        shared.spawn_listener_upkeep(&running);
         {
             // Expired retained messages are never delivered (checked on subscribe); this only
             // frees their memory and their store records.
@@ -701,7 +700,11 @@ impl Broker {
                 }
             });
         }
-        Ok(Broker { shared, listeners })
+        Ok(Broker {
+            shared,
+            listeners,
+            bound: running,
+        })
     }
 
     /// The addresses the listeners are bound to, by listener name (useful with port 0).
@@ -725,7 +728,22 @@ impl Broker {
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
-        crate::session::serve(self.shared.clone(), io, remote, Arc::from(listener)).await
+        let timeout = self.shared.config.limits.connect_timeout;
+        let peer = crate::net::Peer::new(remote, Arc::from(listener), timeout);
+        crate::session::serve(self.shared.clone(), io, peer).await
+    }
+
+    /// Reloads the certificates of every TLS listener from their files, as SIGHUP does. New
+    /// handshakes use them; established connections are not touched. Returns how many
+    /// listeners were reloaded (a listener whose files do not load keeps its certificates and
+    /// logs why).
+    pub fn reload_certificates(&self) -> usize {
+        crate::net::reload_certificates(&self.bound, true)
+    }
+
+    /// The bound listeners, with their settings and connection counts.
+    pub fn bound_listeners(&self) -> &[Arc<crate::net::Listener>] {
+        &self.bound
     }
 
     /// The shared state, for tests and embedding.
@@ -746,6 +764,43 @@ impl Broker {
         }
         if let Err(e) = self.shared.store.close().get().await {
             tracing::error!(error = %e, "the store did not close cleanly");
+        }
+    }
+}
+
+impl Shared {
+    /// Background upkeep of the listeners: the per-address table is swept, and each TLS
+    /// listener's files are checked for changes every `reload_interval`.
+    fn spawn_listener_upkeep(self: &Arc<Self>, listeners: &[Arc<crate::net::Listener>]) {
+        let s = self.clone();
+        self.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => s.admission.sweep(),
+                    _ = s.shutdown.cancelled() => break,
+                }
+            }
+        });
+        for listener in listeners {
+            let Some(tls) = &listener.tls else { continue };
+            let interval = tls.settings().reload_interval;
+            if interval.is_zero() {
+                continue;
+            }
+            let (s, one) = (self.clone(), vec![listener.clone()]);
+            self.tasks.spawn(async move {
+                let mut tick = tokio::time::interval(interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            crate::net::reload_certificates(&one, false);
+                        }
+                        _ = s.shutdown.cancelled() => break,
+                    }
+                }
+            });
         }
     }
 }

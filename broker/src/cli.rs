@@ -68,29 +68,40 @@ pub fn run() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        shutdown_signal().await;
+        serve_until_shutdown(&broker).await;
         tracing::info!("shutting down");
         broker.shutdown(Duration::from_secs(5)).await;
         ExitCode::SUCCESS
     })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Runs until SIGINT or SIGTERM. SIGHUP reloads the TLS certificates of every TLS listener
+/// (new handshakes use them; established connections carry on).
+async fn serve_until_shutdown(broker: &Broker) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
         };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => {
+                    let n = broker.reload_certificates();
+                    tracing::info!(listeners = n, "SIGHUP: TLS certificates reloaded");
+                }
+            }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = broker;
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -50,6 +50,72 @@ impl DropCause {
     }
 }
 
+/// A limit or defence that turned something away: counted per kind, so an operator sees which
+/// limit clients run into (`$SYS/broker/limits/<name>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// `limits.max_connections`.
+    Connections,
+    /// A listener's `max_connections`.
+    ListenerConnections,
+    /// `limits.max_connections_per_ip`.
+    IpConnections,
+    /// `limits.connection_rate_per_ip`.
+    IpConnectionRate,
+    /// No CONNECT within the listener's connect timeout.
+    ConnectTimeout,
+    /// A TLS handshake failed or did not finish within its deadline (bad or revoked client
+    /// certificate, old protocol version, no shared cipher, timeout).
+    TlsHandshake,
+    /// A WebSocket upgrade failed (wrong path, no `mqtt` subprotocol, not WebSocket at all).
+    WsHandshake,
+    /// A WebSocket upgrade from a web origin not on the listener's allow-list.
+    WsOrigin,
+    /// A missing or malformed PROXY protocol header from a trusted balancer.
+    ProxyHeader,
+    /// A packet larger than `limits.max_packet_size`.
+    PacketTooLarge,
+    /// `limits.max_subscriptions_per_client`.
+    Subscriptions,
+    /// A topic over `limits.max_topic_length` or `limits.max_topic_levels`.
+    TopicLimits,
+    /// A PUBLISH held back by `limits.publish_rate_per_client` or `publish_bytes_per_client`.
+    PublishRate,
+    /// A retained message over one of the `limits.max_retained_*` quotas.
+    Retained,
+    /// `limits.max_persistent_sessions`.
+    PersistentSessions,
+    /// A refusal delayed after earlier authentication failures from the same address.
+    AuthFailureDelay,
+}
+
+impl Limit {
+    /// Every limit, in the order of [`MetricsSnapshot::limits`].
+    pub const ALL: [Limit; 16] = [
+        Limit::Connections,
+        Limit::ListenerConnections,
+        Limit::IpConnections,
+        Limit::IpConnectionRate,
+        Limit::ConnectTimeout,
+        Limit::TlsHandshake,
+        Limit::WsHandshake,
+        Limit::WsOrigin,
+        Limit::ProxyHeader,
+        Limit::PacketTooLarge,
+        Limit::Subscriptions,
+        Limit::TopicLimits,
+        Limit::PublishRate,
+        Limit::Retained,
+        Limit::PersistentSessions,
+        Limit::AuthFailureDelay,
+    ];
+
+    /// Declaration order, which is the order of [`Limit::ALL`].
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Keeps a group of atomics on cache lines of its own (128 bytes: two 64-byte lines, since
 /// x86 prefetches lines in pairs).
 #[derive(Debug, Default)]
@@ -95,6 +161,7 @@ pub struct Metrics {
     received: Padded<Traffic>,
     sent: Padded<Traffic>,
     store: Padded<Store>,
+    limits: Padded<[AtomicU64; Limit::ALL.len()]>,
 }
 
 /// Adds `n` to a gauge (or counter).
@@ -213,6 +280,11 @@ impl Metrics {
         add(&self.store.0.dropped[cause.index()], 1);
     }
 
+    /// A limit or defence turned something away.
+    pub fn limit_hit(&self, limit: Limit) {
+        add(&self.limits.0[limit.index()], 1);
+    }
+
     // --- store gauges ----------------------------------------------------------------------
 
     /// Sets the retained message count outright (e.g. after loading persisted state).
@@ -276,6 +348,7 @@ impl Metrics {
             subscriptions: gauge(&st.subscriptions),
             inflight: gauge(&st.inflight),
             queued_messages: gauge(&st.queued),
+            limits: std::array::from_fn(|i| self.limits.0[i].load(Relaxed)),
         }
     }
 }
@@ -326,12 +399,20 @@ pub struct MetricsSnapshot {
     pub inflight: u64,
     /// Messages queued for clients (gauge).
     pub queued_messages: u64,
+    /// Times each limit turned something away, indexed as [`Limit::ALL`]; see
+    /// [`Self::limited`].
+    pub limits: [u64; Limit::ALL.len()],
 }
 
 impl MetricsSnapshot {
     /// Messages dropped for `cause`.
     pub fn dropped_by(&self, cause: DropCause) -> u64 {
         self.dropped[cause.index()]
+    }
+
+    /// Times `limit` turned something away.
+    pub fn limited(&self, limit: Limit) -> u64 {
+        self.limits[limit.index()]
     }
 
     /// Messages dropped for any cause.

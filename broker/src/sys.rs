@@ -10,12 +10,13 @@
 //!
 //! Not published: Mosquitto's heap sizes, build timestamp, store byte counts and the
 //! deprecated `clients/active` / `clients/inactive` aliases. Added by moat: per-cause drop
-//! counts under `$SYS/broker/publish/messages/dropped/<cause>`, and `$SYS/broker/clients/slow`
-//! (how often a subscriber was marked slow; see `session::backpressure`).
+//! counts under `$SYS/broker/publish/messages/dropped/<cause>`, `$SYS/broker/clients/slow`
+//! (how often a subscriber was marked slow; see `session::backpressure`), and how often each
+//! limit turned something away under `$SYS/broker/limits/<name>`.
 
 use std::time::Duration;
 
-use crate::metrics::{DropCause, MetricsSnapshot};
+use crate::metrics::{DropCause, Limit, MetricsSnapshot};
 
 /// The retained status topics and their payloads. `version` is the broker's version number
 /// (`env!("CARGO_PKG_VERSION")`), published as `moat <version>`; `uptime` is the time since
@@ -70,11 +71,38 @@ pub fn sys_topics(
         ("$SYS/broker/store/messages/count", n(s.messages_stored())),
     ];
     topics.extend(
+        Limit::ALL
+            .iter()
+            .map(|&limit| (limit_topic(limit), n(s.limited(limit)))),
+    );
+    topics.extend(
         DropCause::ALL
             .iter()
             .map(|&cause| (drop_topic(cause), n(s.dropped_by(cause)))),
     );
     topics
+}
+
+/// The moat-specific topic counting what one limit turned away.
+fn limit_topic(limit: Limit) -> &'static str {
+    match limit {
+        Limit::Connections => "$SYS/broker/limits/connections",
+        Limit::ListenerConnections => "$SYS/broker/limits/listener_connections",
+        Limit::IpConnections => "$SYS/broker/limits/ip_connections",
+        Limit::IpConnectionRate => "$SYS/broker/limits/ip_connection_rate",
+        Limit::ConnectTimeout => "$SYS/broker/limits/connect_timeout",
+        Limit::TlsHandshake => "$SYS/broker/limits/tls_handshake",
+        Limit::WsHandshake => "$SYS/broker/limits/ws_handshake",
+        Limit::WsOrigin => "$SYS/broker/limits/ws_origin",
+        Limit::ProxyHeader => "$SYS/broker/limits/proxy_header",
+        Limit::PacketTooLarge => "$SYS/broker/limits/packet_too_large",
+        Limit::Subscriptions => "$SYS/broker/limits/subscriptions",
+        Limit::TopicLimits => "$SYS/broker/limits/topic_limits",
+        Limit::PublishRate => "$SYS/broker/limits/publish_rate",
+        Limit::Retained => "$SYS/broker/limits/retained",
+        Limit::PersistentSessions => "$SYS/broker/limits/persistent_sessions",
+        Limit::AuthFailureDelay => "$SYS/broker/limits/auth_failure_delay",
+    }
 }
 
 /// The moat-specific topic counting drops for one cause.

@@ -18,11 +18,12 @@
 //! rules, and `example.toml` the commented example published as [`EXAMPLE`].
 
 mod error;
+mod listener;
 #[cfg(test)]
 mod tests;
 mod validate;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -31,6 +32,10 @@ use serde::{Deserialize, Deserializer};
 use crate::codec::QoS;
 
 pub use error::ConfigError;
+pub use listener::{
+    ClientCerts, DEFAULT_WS_PATH, IdentityAsUsername, ListenerConfig, Protocol, TlsConfig,
+    TlsVersion,
+};
 
 /// A commented example configuration listing every key with its default value. It parses to
 /// [`Config::default()`] (a unit test checks this), so it doubles as the reference of defaults.
@@ -74,42 +79,6 @@ impl Default for Config {
             storage: StorageConfig::default(),
         }
     }
-}
-
-/// One `[[listener]]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ListenerConfig {
-    /// `name`: identifies the listener in logs. Must be unique among listeners. Default:
-    /// `listener-N`, where N is the listener's position (from 0) in the file.
-    #[serde(default)]
-    pub name: String,
-    /// `bind`: the IP address and port to listen on, e.g. `"0.0.0.0:1883"` or `"[::]:1883"`.
-    /// Host names are not resolved. Must differ between listeners. Default: `"127.0.0.1:1883"`.
-    #[serde(deserialize_with = "de_socket_addr")]
-    pub bind: SocketAddr,
-    /// `protocol`: the transport. Only `"tcp"` (plain MQTT over TCP) exists so far. Default:
-    /// `"tcp"`.
-    pub protocol: Protocol,
-}
-
-impl Default for ListenerConfig {
-    fn default() -> Self {
-        ListenerConfig {
-            name: "default".to_owned(),
-            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 1883)),
-            protocol: Protocol::Tcp,
-        }
-    }
-}
-
-/// The transport of a listener (`listener.protocol`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// `"tcp"`: MQTT directly over TCP.
-    #[default]
-    Tcp,
 }
 
 /// The `[limits]` table.
@@ -188,6 +157,51 @@ pub struct Limits {
     /// `max_client_id_length`: the longest client identifier accepted, in bytes. MQTT requires
     /// at least 23 to be allowed. Range 23 to 65535. Default: 65535.
     pub max_client_id_length: u16,
+    /// `max_connections`: the most client connections the broker holds at once, over all
+    /// listeners; more are refused (MQTT 5: CONNACK 0x89, Server busy; 3.1.1: return code 3).
+    /// Range 1 to 4294967295. Default: unset (no limit but the operating system's).
+    pub max_connections: Option<u32>,
+    /// `max_connections_per_ip`: the most connections from one client address (IPv6: one /64
+    /// network) at once; more are refused (MQTT 5: CONNACK 0x97, Quota exceeded). Range 1 to
+    /// 4294967295. Default: unset.
+    pub max_connections_per_ip: Option<u32>,
+    /// `connection_rate_per_ip`: new connections per second one client address (IPv6: /64)
+    /// may open, in bursts of up to this many; faster ones are refused (MQTT 5: CONNACK 0x9F,
+    /// Connection rate exceeded). Range 1 to 4294967295. Default: unset.
+    pub connection_rate_per_ip: Option<u32>,
+    /// `publish_rate_per_client`: PUBLISH packets per second one connection may send, in
+    /// bursts of up to this many. A faster client is slowed down: the broker stops reading
+    /// from it until it is back within the rate (nothing is lost, TCP pushes back). Range 1 to
+    /// 4294967295. Default: unset.
+    pub publish_rate_per_client: Option<u32>,
+    /// `publish_bytes_per_client`: bytes of PUBLISH packets per second one connection may
+    /// send, in bursts of up to this many (or one packet, if larger); slowed down like
+    /// `publish_rate_per_client`. Range 1 to 4294967295. Default: unset.
+    pub publish_bytes_per_client: Option<u32>,
+    /// `max_retained_messages`: the most retained messages the broker keeps. A new retained
+    /// topic beyond it is refused (MQTT 5 QoS 1/2: PUBACK/PUBREC 0x97, Quota exceeded; else
+    /// dropped and counted); replacing or clearing one is always allowed. Range 1 to
+    /// 4294967295. Default: unset.
+    pub max_retained_messages: Option<u32>,
+    /// `max_retained_bytes`: the most payload bytes of all retained messages together; refused
+    /// like `max_retained_messages`. Range 1 to 2^63-1. Default: unset.
+    pub max_retained_bytes: Option<u64>,
+    /// `max_retained_messages_per_client`: the most retained messages one client identifier
+    /// may have published that are still retained. Range 1 to 4294967295. Default: unset.
+    pub max_retained_messages_per_client: Option<u32>,
+    /// `max_retained_bytes_per_client`: the most payload bytes of those. Range 1 to 2^63-1.
+    /// Default: unset.
+    pub max_retained_bytes_per_client: Option<u64>,
+    /// `max_persistent_sessions`: the most sessions with a non-zero expiry interval (kept
+    /// while their client is offline). A CONNECT that would create one more is refused (MQTT
+    /// 5: CONNACK 0x97, Quota exceeded). Range 1 to 4294967295. Default: unset.
+    pub max_persistent_sessions: Option<u32>,
+    /// `auth_failure_delay_max`: after a failed authentication, further refusals to the same
+    /// address (IPv6: /64) are delayed 0.1 s, 0.2 s, 0.4 s, ... up to this many seconds, so
+    /// that guessing passwords is slow; a success or 10 quiet minutes reset it. 0 turns the
+    /// delay off. Range 0 to 3600. Default: 10.
+    #[serde(deserialize_with = "de_seconds")]
+    pub auth_failure_delay_max: Duration,
 }
 
 impl Default for Limits {
@@ -211,6 +225,17 @@ impl Default for Limits {
             maximum_qos: QoS::ExactlyOnce,
             retain_available: true,
             max_client_id_length: 65535,
+            max_connections: None,
+            max_connections_per_ip: None,
+            connection_rate_per_ip: None,
+            publish_rate_per_client: None,
+            publish_bytes_per_client: None,
+            max_retained_messages: None,
+            max_retained_bytes: None,
+            max_retained_messages_per_client: None,
+            max_retained_bytes_per_client: None,
+            max_persistent_sessions: None,
+            auth_failure_delay_max: Duration::from_secs(10),
         }
     }
 }
@@ -398,11 +423,7 @@ impl Config {
         self.listeners = addrs
             .iter()
             .enumerate()
-            .map(|(i, &bind)| ListenerConfig {
-                name: format!("listen-{i}"),
-                bind,
-                protocol: Protocol::Tcp,
-            })
+            .map(|(i, &bind)| ListenerConfig::tcp(&format!("listen-{i}"), bind))
             .collect();
     }
 
@@ -417,7 +438,7 @@ impl Config {
 }
 
 /// Reads a socket address from a string, with a message that shows the bad value.
-fn de_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+pub(crate) fn de_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     let text = String::deserialize(d)?;
     text.parse().map_err(|_| {
         serde::de::Error::custom(format!(
@@ -428,7 +449,7 @@ fn de_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Erro
 }
 
 /// Reads a whole number of seconds.
-fn de_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn de_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     struct Seconds;
     impl serde::de::Visitor<'_> for Seconds {
         type Value = Duration;

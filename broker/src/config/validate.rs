@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use super::error::{Invalid, KeyPath, Seg};
-use super::{Config, MAX_PACKET_SIZE_LIMIT};
+use super::{Config, IdentityAsUsername, ListenerConfig, MAX_PACKET_SIZE_LIMIT, TlsConfig};
 
 /// The allowed range, inclusive, of every ranged integer setting, by dotted key.
 const RANGES: &[(&str, u64, u64)] = &[
@@ -26,6 +26,21 @@ const RANGES: &[(&str, u64, u64)] = &[
     ("limits.max_topic_length", 1, u16::MAX as u64),
     ("limits.max_subscriptions_per_client", 1, u32::MAX as u64),
     ("limits.max_client_id_length", 23, u16::MAX as u64),
+    ("limits.max_connections", 1, u32::MAX as u64),
+    ("limits.max_connections_per_ip", 1, u32::MAX as u64),
+    ("limits.connection_rate_per_ip", 1, u32::MAX as u64),
+    ("limits.publish_rate_per_client", 1, u32::MAX as u64),
+    ("limits.publish_bytes_per_client", 1, u32::MAX as u64),
+    ("limits.max_retained_messages", 1, u32::MAX as u64),
+    ("limits.max_retained_bytes", 1, i64::MAX as u64),
+    (
+        "limits.max_retained_messages_per_client",
+        1,
+        u32::MAX as u64,
+    ),
+    ("limits.max_retained_bytes_per_client", 1, i64::MAX as u64),
+    ("limits.max_persistent_sessions", 1, u32::MAX as u64),
+    ("limits.auth_failure_delay_max", 0, 3600),
     ("sys.interval", 0, 86_400),
     ("server.worker_threads", 1, 1024),
     ("storage.commit_interval_ms", 1, 10_000),
@@ -115,6 +130,44 @@ fn ranged_values(config: &Config) -> [(&'static str, Option<u64>); RANGES.len()]
             "limits.max_client_id_length",
             Some(l.max_client_id_length.into()),
         ),
+        ("limits.max_connections", l.max_connections.map(u64::from)),
+        (
+            "limits.max_connections_per_ip",
+            l.max_connections_per_ip.map(u64::from),
+        ),
+        (
+            "limits.connection_rate_per_ip",
+            l.connection_rate_per_ip.map(u64::from),
+        ),
+        (
+            "limits.publish_rate_per_client",
+            l.publish_rate_per_client.map(u64::from),
+        ),
+        (
+            "limits.publish_bytes_per_client",
+            l.publish_bytes_per_client.map(u64::from),
+        ),
+        (
+            "limits.max_retained_messages",
+            l.max_retained_messages.map(u64::from),
+        ),
+        ("limits.max_retained_bytes", l.max_retained_bytes),
+        (
+            "limits.max_retained_messages_per_client",
+            l.max_retained_messages_per_client.map(u64::from),
+        ),
+        (
+            "limits.max_retained_bytes_per_client",
+            l.max_retained_bytes_per_client,
+        ),
+        (
+            "limits.max_persistent_sessions",
+            l.max_persistent_sessions.map(u64::from),
+        ),
+        (
+            "limits.auth_failure_delay_max",
+            Some(l.auth_failure_delay_max.as_secs()),
+        ),
         ("sys.interval", Some(config.sys.interval.as_secs())),
         (
             "server.worker_threads",
@@ -160,7 +213,110 @@ fn validate_listeners(config: &Config) -> Result<(), Invalid> {
                 message: format!("{} is already the address of listener[{first}]", l.bind),
             });
         }
+        validate_listener(l).map_err(|(key, message)| Invalid {
+            path: key
+                .split('.')
+                .fold(listener.clone().with(Seg::Index(i)), |p, k| {
+                    p.with(Seg::Key(k.to_owned()))
+                }),
+            message,
+        })?;
     }
+    Ok(())
+}
+
+/// The rules of one listener: settings that fit its transport, ranges, and TLS files that
+/// load. Errors are (key below the listener, message).
+fn validate_listener(l: &ListenerConfig) -> Result<(), (&'static str, String)> {
+    let p = l.protocol.as_str();
+    match (&l.tls, l.protocol.is_tls()) {
+        (None, true) => {
+            return Err((
+                "tls",
+                format!("a {p} listener needs a [listener.tls] table with cert and key"),
+            ));
+        }
+        (Some(_), false) => {
+            return Err((
+                "tls",
+                format!("a {p} listener does not use TLS; use protocol \"tls\" or \"wss\""),
+            ));
+        }
+        _ => {}
+    }
+    if !l.protocol.is_ws() {
+        if l.path.is_some() {
+            return Err((
+                "path",
+                format!("only ws and wss listeners have a path, not {p}"),
+            ));
+        }
+        if l.allowed_origins.is_some() {
+            return Err((
+                "allowed_origins",
+                format!("only ws and wss listeners check origins, not {p}"),
+            ));
+        }
+    }
+    if let Some(path) = &l.path
+        && (!path.starts_with('/') || path.contains(char::is_whitespace))
+    {
+        return Err((
+            "path",
+            format!("must start with / and have no spaces, got {path:?}"),
+        ));
+    }
+    if l.max_connections == Some(0) {
+        return Err((
+            "max_connections",
+            "must be between 1 and 4294967295, got 0".into(),
+        ));
+    }
+    if let Some(t) = l.connect_timeout
+        && !(1..=3600).contains(&t.as_secs())
+    {
+        let s = t.as_secs();
+        return Err((
+            "connect_timeout",
+            format!("must be between 1 and 3600, got {s}"),
+        ));
+    }
+    if let Some(tls) = &l.tls {
+        validate_tls(tls)?;
+    }
+    Ok(())
+}
+
+fn validate_tls(tls: &TlsConfig) -> Result<(), (&'static str, String)> {
+    let secs = tls.handshake_timeout.as_secs();
+    if !(1..=600).contains(&secs) {
+        return Err((
+            "tls.handshake_timeout",
+            format!("must be between 1 and 600, got {secs}"),
+        ));
+    }
+    let secs = tls.reload_interval.as_secs();
+    if secs > 86_400 {
+        return Err((
+            "tls.reload_interval",
+            format!("must be between 0 and 86400, got {secs}"),
+        ));
+    }
+    if tls.client_ca.is_none() {
+        let needs_ca = "needs client_ca (the CAs that issue client certificates)";
+        if tls.client_certs.is_some() {
+            return Err(("tls.client_certs", needs_ca.into()));
+        }
+        if tls.crl.is_some() {
+            return Err(("tls.crl", needs_ca.into()));
+        }
+        if tls.identity_as_username != IdentityAsUsername::Off {
+            return Err(("tls.identity_as_username", needs_ca.into()));
+        }
+    }
+    // The files are read now, so that a bad certificate is a configuration error with a line
+    // number rather than a failure at start.
+    crate::net::tls::ServerTls::load(tls).map_err(|e| (e.key(), e.to_string()))?;
     Ok(())
 }
 
@@ -174,6 +330,17 @@ mod tests {
         let mut config = Config::default();
         config.limits.max_message_expiry = Some(1);
         config.server.worker_threads = Some(2);
+        let l = &mut config.limits;
+        l.max_connections = Some(1);
+        l.max_connections_per_ip = Some(1);
+        l.connection_rate_per_ip = Some(1);
+        l.publish_rate_per_client = Some(1);
+        l.publish_bytes_per_client = Some(1);
+        l.max_retained_messages = Some(1);
+        l.max_retained_bytes = Some(1);
+        l.max_retained_messages_per_client = Some(1);
+        l.max_retained_bytes_per_client = Some(1);
+        l.max_persistent_sessions = Some(1);
         let values = ranged_values(&config);
         for ((key, min, max), (value_key, value)) in RANGES.iter().zip(values) {
             assert_eq!(*key, value_key);

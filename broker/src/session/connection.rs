@@ -9,7 +9,6 @@
 //! task's reading (not its writing) until the subscriber drains (`backpressure`).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +23,7 @@ use super::handshake::{self, Admitted, Refused};
 use super::{Delivery, Kick, Session, SessionRef, SessionState};
 use crate::broker::Shared;
 use crate::codec::{self, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode, Will};
+use crate::net::Peer;
 use crate::policy::{ClientInfo, Identity};
 use crate::store::NEVER_EXPIRES;
 
@@ -122,15 +122,18 @@ pub(super) struct Conn<IO> {
     paused: Option<Pause>,
 }
 
-/// Serves one accepted socket until it closes.
-pub async fn serve<IO>(shared: Arc<Shared>, io: IO, remote: SocketAddr, listener: Arc<str>)
+/// Serves one accepted connection until it closes. `peer` is what the transport established
+/// (see [`crate::net::Peer`]); the places it holds are released when the connection ends.
+pub async fn serve<IO>(shared: Arc<Shared>, io: IO, mut peer: Peer)
 where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
+    let _places = std::mem::take(&mut peer.places);
     let (mut reader, mut writer) = tokio::io::split(io);
     // Small: a CONNECT rarely needs more, and an idle connection keeps this block.
     let mut rbuf = BytesMut::with_capacity(INITIAL_READ_BUFFER);
-    let connect = match Box::pin(handshake::read_connect(&shared, &mut reader, &mut rbuf)).await {
+    let read = handshake::read_connect(&shared, &mut reader, &mut rbuf, peer.connect_timeout);
+    let connect = match Box::pin(read).await {
         Ok(c) => c,
         Err(Refused::ConnAck(version, denial)) => {
             handshake::send_refusal(&shared, &mut writer, version, denial, None).await;
@@ -139,7 +142,7 @@ where
         Err(Refused::Silent) => return,
     };
     let Some(mut conn) = Box::pin(handshake::accept(
-        shared, connect, reader, writer, rbuf, remote, listener,
+        shared, connect, reader, writer, rbuf, peer,
     ))
     .await
     else {
@@ -488,7 +491,8 @@ mod tests {
             .await
             .unwrap();
         let remote = "127.0.0.1:1".parse().unwrap();
-        let task = super::serve(broker.shared().clone(), socket, remote, "t".into());
+        let peer = crate::net::Peer::new(remote, "t".into(), std::time::Duration::from_secs(1));
+        let task = super::serve(broker.shared().clone(), socket, peer);
         let size = future_size(&task);
         assert!(size <= 4096, "connection future is {size} bytes");
     }

@@ -5,7 +5,6 @@
 //! arrive within `limits.connect_timeout` and fit `limits.max_packet_size`, and a refused
 //! client gets the matching reason code (or 3.1.1 return code) before the socket closes.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -20,6 +19,8 @@ use crate::broker::Shared;
 use crate::codec::{
     self, Auth, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolVersion, QoS, ReasonCode,
 };
+use crate::metrics::Limit;
+use crate::net::Peer;
 use crate::policy::{AuthOutcome, ClientInfo, Credentials, Denial, Identity, Verdict};
 use crate::topic;
 
@@ -36,9 +37,9 @@ pub(super) async fn read_connect<IO: AsyncRead>(
     shared: &Shared,
     reader: &mut ReadHalf<IO>,
     rbuf: &mut BytesMut,
+    deadline: Duration,
 ) -> Result<Box<Connect>, Refused> {
-    let limits = &shared.config.limits;
-    let max = limits.max_packet_size;
+    let max = shared.config.limits.max_packet_size;
     let read = async {
         loop {
             match codec::check(rbuf, max) {
@@ -48,7 +49,12 @@ pub(super) async fn read_connect<IO: AsyncRead>(
                     return decode_connect(frame);
                 }
                 Ok(None) => {}
-                Err(e) => return Err(refuse_decode(codec::connect_version(rbuf), &e)),
+                Err(e) => {
+                    if matches!(e, DecodeError::TooLarge { .. }) {
+                        shared.metrics.limit_hit(Limit::PacketTooLarge);
+                    }
+                    return Err(refuse_decode(codec::connect_version(rbuf), &e));
+                }
             }
             if rbuf.capacity() - rbuf.len() < 256 {
                 rbuf.reserve(4096); // a CONNECT with a large will; `check` bounds the total
@@ -59,9 +65,12 @@ pub(super) async fn read_connect<IO: AsyncRead>(
             }
         }
     };
-    match tokio::time::timeout(limits.connect_timeout, read).await {
+    match tokio::time::timeout(deadline, read).await {
         Ok(r) => r,
-        Err(_) => Err(Refused::Silent),
+        Err(_) => {
+            shared.metrics.limit_hit(Limit::ConnectTimeout);
+            Err(Refused::Silent)
+        }
     }
 }
 
@@ -152,12 +161,12 @@ pub(super) async fn accept<IO: AsyncRead + AsyncWrite>(
     reader: ReadHalf<IO>,
     mut writer: WriteHalf<IO>,
     rbuf: BytesMut,
-    remote: SocketAddr,
-    listener: Arc<str>,
+    peer: Peer,
 ) -> Option<Conn<IO>> {
     let version = connect.protocol;
     let client_max_packet = connect.properties.maximum_packet_size;
-    match admit(&shared, connect, remote, listener).await {
+    let remote = peer.remote;
+    match admit(&shared, connect, peer).await {
         Ok(admitted) => Some(Conn::start(shared, admitted, reader, writer, rbuf).await),
         Err(denial) => {
             tracing::debug!(%remote, reason = denial.reason.0, msg = ?denial.message, "connect refused");
@@ -183,11 +192,15 @@ pub(super) struct Admitted {
 async fn admit(
     shared: &Arc<Shared>,
     mut connect: Box<Connect>,
-    remote: SocketAddr,
-    listener: Arc<str>,
+    peer: Peer,
 ) -> Result<Admitted, Denial> {
     let limits = &shared.config.limits;
     let version = connect.protocol;
+
+    // A connection over a limit was let in only to be told so (see `net::admission`).
+    if let Some(reason) = peer.refusal {
+        return Err(deny(reason, "connection limit reached"));
+    }
 
     // Client identifier (section 3.1.3.1).
     let mut assigned_id = false;
@@ -239,16 +252,29 @@ async fn admit(
 
     let client = ClientInfo {
         client_id: connect.client_id.clone(),
-        username: connect.username.clone(),
-        remote_addr: remote,
-        listener,
+        // With `identity_as_username` the certificate names the user, whatever CONNECT says.
+        username: match peer.cert_username {
+            Some(from_certificate) => from_certificate,
+            None => connect.username.clone(),
+        },
+        remote_addr: peer.remote,
+        listener: peer.listener,
         protocol: version,
-        tls: None,
+        tls: peer.tls,
     };
     if let Verdict::Deny(d) = shared.policy.on_connect(&client).get().await {
         return Err(d);
     }
-    let identity = authenticate(shared, &client, &connect).await?;
+    let identity = match authenticate(shared, &client, &connect).await {
+        Ok(identity) => {
+            shared.admission.auth_succeeded(client.remote_addr.ip());
+            identity
+        }
+        Err(denial) => {
+            auth_failure_delay(shared, &client, &denial).await;
+            return Err(denial);
+        }
+    };
 
     // Session expiry (section 3.1.2.11.2); 3.1.1 maps clean session onto it.
     let expiry = match version {
@@ -291,6 +317,28 @@ async fn admit(
         generation,
         kick,
     })
+}
+
+/// Slows down password guessing: a refused authentication is answered only after a delay
+/// that doubles with each failure from the same address (`net::admission`). Only refusals of
+/// credentials count; a refused method or a policy outage is not a guess.
+async fn auth_failure_delay(shared: &Shared, client: &ClientInfo, denial: &Denial) {
+    let guessing = matches!(
+        denial.reason,
+        ReasonCode::BAD_USER_NAME_OR_PASSWORD | ReasonCode::NOT_AUTHORIZED | ReasonCode::BANNED
+    );
+    if !guessing {
+        return;
+    }
+    let delay = shared.admission.auth_failed(client.remote_addr.ip());
+    if delay.is_zero() {
+        return;
+    }
+    shared.metrics.limit_hit(Limit::AuthFailureDelay);
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = shared.shutdown.cancelled() => {}
+    }
 }
 
 async fn authenticate(

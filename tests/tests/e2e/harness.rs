@@ -47,9 +47,13 @@ pub async fn start() -> TestBroker {
     start_with(|_| {}).await
 }
 
+/// A byte stream a [`RawClient`] can speak over: TCP, TLS, WebSocket.
+pub trait ByteStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> ByteStream for T {}
+
 /// A client that speaks packets through moat's own codec, for checks at the byte level.
 pub struct RawClient {
-    stream: TcpStream,
+    stream: Box<dyn ByteStream>,
     rbuf: BytesMut,
     pub version: ProtocolVersion,
 }
@@ -58,10 +62,24 @@ impl RawClient {
     pub async fn connect(addr: SocketAddr, version: ProtocolVersion) -> RawClient {
         let stream = TcpStream::connect(addr).await.expect("tcp connect");
         stream.set_nodelay(true).unwrap();
+        RawClient::over(stream, version)
+    }
+
+    /// A raw client over an already open stream (TLS, WebSocket, ...).
+    pub fn over(stream: impl ByteStream + 'static, version: ProtocolVersion) -> RawClient {
         RawClient {
-            stream,
+            stream: Box::new(stream),
             rbuf: BytesMut::new(),
             version,
+        }
+    }
+
+    /// Sends `connect` and returns the broker's first answer, which must be a CONNACK.
+    pub async fn connack(&mut self, connect: moat::codec::Connect) -> moat::codec::ConnAck {
+        self.send(&Packet::Connect(Box::new(connect))).await;
+        match self.recv().await {
+            Some(Packet::ConnAck(ack)) => ack,
+            other => panic!("expected CONNACK, got {other:?}"),
         }
     }
 

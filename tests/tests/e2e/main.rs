@@ -10,6 +10,7 @@
 //! maps them back to the tests.
 
 mod backpressure;
+mod certs;
 mod conformance;
 mod connect;
 mod harness;
@@ -21,4 +22,5 @@ mod qos;
 mod retained;
 mod routing;
 mod sys;
+mod tls;
 mod will;
