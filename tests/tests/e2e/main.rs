@@ -13,6 +13,7 @@ mod backpressure;
 mod certs;
 mod conformance;
 mod connect;
+mod durable;
 mod harness;
 mod interop;
 mod malformed;
