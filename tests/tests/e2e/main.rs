@@ -10,6 +10,7 @@
 //! maps them back to the tests.
 
 mod backpressure;
+mod browser;
 mod certs;
 mod conformance;
 mod connect;
@@ -24,4 +25,5 @@ mod retained;
 mod routing;
 mod sys;
 mod tls;
+mod websocket;
 mod will;

@@ -64,10 +64,25 @@ pub fn listener(protocol: Protocol, tls: Option<TlsConfig>) -> ListenerConfig {
 
 /// A broker whose only listener is `l`, with `$SYS` off and `policy`.
 pub async fn start_with_policy(l: ListenerConfig, policy: Arc<dyn Policy>) -> TestBroker {
+    start_full(vec![l], policy, |_| {}).await
+}
+
+/// A broker with these listeners, `$SYS` off, the allow-all policy.
+pub async fn start_with_listeners(listeners: Vec<ListenerConfig>) -> TestBroker {
+    start_full(listeners, Arc::new(AllowAll), |_| {}).await
+}
+
+/// A broker with these listeners, `policy`, and `tweak` applied to the rest of the config.
+pub async fn start_full(
+    listeners: Vec<ListenerConfig>,
+    policy: Arc<dyn Policy>,
+    tweak: impl FnOnce(&mut Config),
+) -> TestBroker {
     let mut config = Config {
-        listeners: vec![l],
+        listeners,
         ..Config::default()
     };
+    tweak(&mut config);
     config.sys.interval = Duration::ZERO;
     let broker = Broker::start_with(config, Arc::new(MemoryStore::new()), policy)
         .await
