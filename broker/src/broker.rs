@@ -33,6 +33,7 @@ use crate::router::{RetainedIndex, Route, SubscriptionTree};
 use crate::session::{Delivery, Kick, MailboxLimits, Session, SessionRef, SessionState};
 use crate::store::{Change, MemoryStore, Store, StoreError, Target, WillRecord};
 
+mod quotas;
 mod restore;
 
 /// How often expired retained messages are purged.
@@ -53,6 +54,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Connection limits and per-address defences (`net::admission`).
     pub admission: Arc<crate::net::admission::Admission>,
+    /// Retained-message and persistent-session quotas (`quotas.rs`).
+    pub quotas: quotas::Quotas,
     pub shutdown: CancellationToken,
     pub started: Instant,
     tasks: TaskTracker,
@@ -235,6 +238,25 @@ impl Shared {
     /// (MQTT-3.3.1-5, -6, -7).
     /// Resolves when the change is durable.
     pub fn retain(&self, message: &Arc<Message>) -> Pending<Result<(), StoreError>> {
+        self.retain_checked(message, false)
+            .unwrap_or_else(|| Ok(()).into())
+    }
+
+    /// As [`Shared::retain`] for a client's PUBLISH, unless it would take the retained
+    /// messages over a `limits.max_retained_*` quota: then nothing changes and `None` is
+    /// returned (see `quotas.rs`).
+    pub fn retain_within_quota(
+        &self,
+        message: &Arc<Message>,
+    ) -> Option<Pending<Result<(), StoreError>>> {
+        self.retain_checked(message, true)
+    }
+
+    fn retain_checked(
+        &self,
+        message: &Arc<Message>,
+        check: bool,
+    ) -> Option<Pending<Result<(), StoreError>>> {
         let stored = if message.payload.is_empty() {
             None
         } else {
@@ -242,16 +264,29 @@ impl Shared {
         };
         {
             let mut index = self.retained.write();
-            match &stored {
-                Some(m) => index.insert(&m.topic, m.clone()),
+            let mut usage = self.quotas.retained.lock();
+            if check
+                && stored.is_some()
+                && !usage.allows(&self.config.limits, message, index.get(&message.topic))
+            {
+                return None;
+            }
+            let old = match &stored {
+                Some(m) => {
+                    usage.add(m);
+                    index.insert(&m.topic, m.clone())
+                }
                 None => index.remove(&message.topic),
             };
+            if let Some(old) = old {
+                usage.remove(&old);
+            }
             self.metrics.set_retained(index.len());
         }
-        self.store.apply(Change::Retained {
+        Some(self.store.apply(Change::Retained {
             topic: message.topic.clone(),
             message: stored,
-        })
+        }))
     }
 
     /// Adds a subscription; true if it replaced one with the same filter.
@@ -393,6 +428,7 @@ impl Shared {
                 .is_some_and(|s| Arc::ptr_eq(s, session))
             {
                 map.remove(&session.client_id);
+                self.quotas.set_persistent(&session.client_id, false);
             }
         }
         if let Err(e) = self
@@ -542,9 +578,11 @@ impl Shared {
         let mut expired = Vec::new();
         {
             let mut index = self.retained.write();
+            let mut usage = self.quotas.retained.lock();
             index.retain(|topic, m| {
                 let keep = !m.is_expired(now);
                 if !keep {
+                    usage.remove(m);
                     expired.push(ByteString::from(topic));
                 }
                 keep
@@ -653,6 +691,7 @@ impl Broker {
             policy,
             metrics: Metrics::default(),
             admission,
+            quotas: quotas::Quotas::default(),
             shutdown: CancellationToken::new(),
             started: Instant::now(),
             tasks: TaskTracker::new(),

@@ -26,8 +26,12 @@ impl Shared {
     pub(super) fn restore(self: &Arc<Self>, snapshot: Snapshot) {
         {
             let mut index = self.retained.write();
+            let mut usage = self.quotas.retained.lock();
             for m in snapshot.retained {
-                index.insert(&m.topic.clone(), m);
+                usage.add(&m);
+                if let Some(old) = index.insert(&m.topic.clone(), m) {
+                    usage.remove(&old);
+                }
             }
             self.metrics.set_retained(index.len());
         }
@@ -44,6 +48,8 @@ impl Shared {
         }
         let now = crate::store::disk::unix_now();
         for record in snapshot.sessions {
+            self.quotas
+                .set_persistent(&record.client_id, record.expiry_interval > 0);
             let mut state = SessionState::new(record.protocol, record.expiry_interval);
             for s in &record.subscriptions {
                 let subscribed = Subscribed {

@@ -174,9 +174,9 @@ pub struct Limits {
     /// from it until it is back within the rate (nothing is lost, TCP pushes back). Range 1 to
     /// 4294967295. Default: unset.
     pub publish_rate_per_client: Option<u32>,
-    /// `publish_bytes_per_client`: bytes of PUBLISH packets per second one connection may
-    /// send, in bursts of up to this many (or one packet, if larger); slowed down like
-    /// `publish_rate_per_client`. Range 1 to 4294967295. Default: unset.
+    /// `publish_bytes_per_client`: PUBLISH payload bytes per second one connection may send,
+    /// in bursts of up to this many (a larger payload passes after a longer wait); slowed down
+    /// like `publish_rate_per_client`. Range 1 to 4294967295. Default: unset.
     pub publish_bytes_per_client: Option<u32>,
     /// `max_retained_messages`: the most retained messages the broker keeps. A new retained
     /// topic beyond it is refused (MQTT 5 QoS 1/2: PUBACK/PUBREC 0x97, Quota exceeded; else
@@ -196,10 +196,10 @@ pub struct Limits {
     /// while their client is offline). A CONNECT that would create one more is refused (MQTT
     /// 5: CONNACK 0x97, Quota exceeded). Range 1 to 4294967295. Default: unset.
     pub max_persistent_sessions: Option<u32>,
-    /// `auth_failure_delay_max`: after a failed authentication, further refusals to the same
-    /// address (IPv6: /64) are delayed 0.1 s, 0.2 s, 0.4 s, ... up to this many seconds, so
-    /// that guessing passwords is slow; a success or 10 quiet minutes reset it. 0 turns the
-    /// delay off. Range 0 to 3600. Default: 10.
+    /// `auth_failure_delay_max`: each refused authentication from an address (IPv6: its /64)
+    /// is answered after a delay: 0.1 s, then 0.2 s, 0.4 s, ... up to this many seconds, so
+    /// that guessing passwords is slow; 10 quiet minutes forget the failures. Successful
+    /// logins are never delayed. 0 turns the delay off. Range 0 to 3600. Default: 10.
     #[serde(deserialize_with = "de_seconds")]
     pub auth_failure_delay_max: Duration,
 }

@@ -19,7 +19,9 @@
 //!
 //! **Authentication failures** from one address are remembered here too: each failure doubles
 //! the delay before the next refusal is sent (from 0.1 s up to `limits.auth_failure_delay_max`),
-//! so that guessing passwords over many connections stays slow. The state per address is a
+//! so that guessing passwords over many connections stays slow. A success does not reset it
+//! (an attacker holding one valid account could otherwise interleave logins with guesses);
+//! successes are never delayed, and ten quiet minutes forget the failures. The state per address is a
 //! few words in one map behind a mutex that is taken per connection, never per message; a
 //! sweep drops entries that hold nothing any more.
 
@@ -82,22 +84,78 @@ impl std::fmt::Display for IpKey {
     }
 }
 
+/// A token bucket: `rate` tokens a second, holding at most `burst`. Used for the connection
+/// rate per address here and for the publish rates per connection (`session::throttle`).
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket refilling at `rate` per second, holding `rate` (at least 1).
+    pub fn new(rate: f64, now: Instant) -> TokenBucket {
+        let burst = rate.max(1.0);
+        TokenBucket {
+            rate,
+            burst,
+            tokens: burst,
+            refilled: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.refilled = now;
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+
+    /// Takes `n` tokens, going into debt if need be, and returns how long to wait until the
+    /// debt is paid (zero if there was enough). A single take larger than the burst is allowed
+    /// and simply waits longer, so a packet larger than the byte rate still gets through.
+    pub fn take(&mut self, n: f64, now: Instant) -> Duration {
+        self.refill(now);
+        self.tokens -= n;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+
+    /// Whether the bucket is full again by `now`.
+    fn full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.burst
+    }
+}
+
 #[derive(Debug)]
 struct PerIp {
     connections: u32,
-    /// Connection-rate tokens, as of `refilled`.
-    tokens: f64,
-    refilled: Instant,
+    /// The connection rate, when limited.
+    rate: Option<TokenBucket>,
     auth_failures: u32,
     last_failure: Instant,
 }
 
 impl PerIp {
-    fn new(now: Instant, burst: f64) -> PerIp {
+    fn new(now: Instant, rate: Option<f64>) -> PerIp {
         PerIp {
             connections: 0,
-            tokens: burst,
-            refilled: now,
+            rate: rate.map(|r| TokenBucket::new(r, now)),
             auth_failures: 0,
             last_failure: now,
         }
@@ -105,11 +163,9 @@ impl PerIp {
 
     /// Whether the entry carries no information any more (nothing open, bucket full, no
     /// failures worth remembering).
-    fn idle(&self, now: Instant, rate: Option<f64>) -> bool {
-        let bucket_full = rate
-            .is_none_or(|r| self.tokens + now.duration_since(self.refilled).as_secs_f64() * r >= r);
+    fn idle(&self, now: Instant) -> bool {
         self.connections == 0
-            && bucket_full
+            && self.rate.as_ref().is_none_or(|b| b.full(now))
             && (self.auth_failures == 0
                 || now.duration_since(self.last_failure) > AUTH_FAILURE_MEMORY)
     }
@@ -172,7 +228,7 @@ impl Drop for Ticket {
             let mut map = self.admission.per_ip.lock();
             if let Some(e) = map.get_mut(&ip) {
                 e.connections = e.connections.saturating_sub(1);
-                if e.idle(now, self.admission.rate_per_ip) {
+                if e.idle(now) {
                     map.remove(&ip);
                 }
             }
@@ -243,18 +299,14 @@ impl Admission {
         let now = Instant::now();
         let mut map = self.per_ip.lock();
         let entry = self.entry(&mut map, key, now);
-        if let Some(rate) = self.rate_per_ip {
-            let elapsed = now.duration_since(entry.refilled).as_secs_f64();
-            entry.tokens = (entry.tokens + elapsed * rate).min(rate.max(1.0));
-            entry.refilled = now;
-            if entry.tokens < 1.0 {
-                drop(map);
-                return Err(self.refused(
-                    Limit::IpConnectionRate,
-                    ReasonCode::CONNECTION_RATE_EXCEEDED,
-                ));
-            }
-            entry.tokens -= 1.0;
+        if let Some(bucket) = &mut entry.rate
+            && !bucket.try_take(now)
+        {
+            drop(map);
+            return Err(self.refused(
+                Limit::IpConnectionRate,
+                ReasonCode::CONNECTION_RATE_EXCEEDED,
+            ));
         }
         if let Some(max) = self.max_per_ip
             && entry.connections >= max
@@ -275,10 +327,10 @@ impl Admission {
         now: Instant,
     ) -> &'m mut PerIp {
         if map.len() >= MAX_TRACKED && !map.contains_key(&key) {
-            map.retain(|_, e| !e.idle(now, self.rate_per_ip));
+            map.retain(|_, e| !e.idle(now));
         }
         map.entry(key)
-            .or_insert_with(|| PerIp::new(now, self.rate_per_ip.unwrap_or(0.0)))
+            .or_insert_with(|| PerIp::new(now, self.rate_per_ip))
     }
 
     fn refused(&self, limit: Limit, reason: ReasonCode) -> Refused {
@@ -308,29 +360,10 @@ impl Admission {
         (FIRST_AUTH_DELAY * (1u32 << doublings)).min(self.auth_delay_max)
     }
 
-    /// Forgets the failures of `ip` after a successful authentication.
-    pub fn auth_succeeded(&self, ip: IpAddr) {
-        if self.auth_delay_max.is_zero() {
-            return;
-        }
-        let key = IpKey::from(ip);
-        let mut map = self.per_ip.lock();
-        if let Some(e) = map.get_mut(&key)
-            && e.auth_failures > 0
-        {
-            e.auth_failures = 0;
-            if e.idle(Instant::now(), self.rate_per_ip) {
-                map.remove(&key);
-            }
-        }
-    }
-
     /// Drops entries that hold nothing any more (called periodically).
     pub fn sweep(&self) {
         let now = Instant::now();
-        self.per_ip
-            .lock()
-            .retain(|_, e| !e.idle(now, self.rate_per_ip));
+        self.per_ip.lock().retain(|_, e| !e.idle(now));
     }
 
     /// Addresses tracked now (for tests and diagnostics).
@@ -423,8 +456,11 @@ mod tests {
         let delays: Vec<_> = (0..6).map(|_| a.auth_failed(ip).as_millis()).collect();
         assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
         assert_eq!(a.auth_failed(other_host_same_net).as_millis(), 1000);
-        a.auth_succeeded(ip);
-        assert_eq!(a.auth_failed(ip).as_millis(), 100);
+        assert_eq!(
+            a.auth_failed("2001:db8:0:1::5".parse().unwrap())
+                .as_millis(),
+            100
+        );
         let off = Admission::new(&limits(|l| l.auth_failure_delay_max = Duration::ZERO));
         assert_eq!(off.auth_failed(ip), Duration::ZERO);
     }

@@ -95,7 +95,9 @@ pub(super) struct Conn<IO> {
     pub me: SessionRef,
     pub state: tokio::sync::OwnedMutexGuard<SessionState>,
     generation: u64,
-    kick: Arc<Kick>,
+    pub(super) kick: Arc<Kick>,
+    /// The publish rate limits, if any (`throttle.rs`).
+    pub(super) throttle: Option<Box<super::throttle::Throttle>>,
     /// 1.5 times the keep alive (MQTT-3.1.2-24), `None` when it is 0.
     keep_alive: Option<Duration>,
     last_packet: Instant,
@@ -198,6 +200,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             state: admitted.state,
             generation: admitted.generation,
             kick: admitted.kick,
+            throttle: super::throttle::Throttle::new(limits),
             reader,
             writer,
             rbuf,
@@ -326,6 +329,11 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
                 Ok(Some(n)) => n,
                 Ok(None) => return None,
                 Err(e) => {
+                    if matches!(e, codec::DecodeError::TooLarge { .. }) {
+                        self.shared
+                            .metrics
+                            .limit_hit(crate::metrics::Limit::PacketTooLarge);
+                    }
                     tracing::debug!(client = %self.client.client_id, error = %e, "bad packet");
                     return Some(End::Closed(e.reason_code()));
                 }

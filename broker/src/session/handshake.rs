@@ -266,10 +266,7 @@ async fn admit(
         return Err(d);
     }
     let identity = match authenticate(shared, &client, &connect).await {
-        Ok(identity) => {
-            shared.admission.auth_succeeded(client.remote_addr.ip());
-            identity
-        }
+        Ok(identity) => identity,
         Err(denial) => {
             auth_failure_delay(shared, &client, &denial).await;
             return Err(denial);
@@ -287,6 +284,19 @@ async fn admit(
         // max_session_expiry defaults to NEVER_EXPIRES: "never" unless capped.
         ProtocolVersion::V311 => limits.max_session_expiry,
     };
+
+    // `limits.max_persistent_sessions`: one more session kept while offline must fit.
+    if expiry > 0
+        && !shared
+            .quotas
+            .persistent_session_allowed(&connect.client_id, limits.max_persistent_sessions)
+    {
+        shared.metrics.limit_hit(Limit::PersistentSessions);
+        return Err(deny(
+            ReasonCode::QUOTA_EXCEEDED,
+            "too many persistent sessions",
+        ));
+    }
 
     let kick = Arc::new(Kick::default());
     let Some((session, mut state, session_present, generation)) = shared
@@ -306,6 +316,7 @@ async fn admit(
     };
     state.protocol = version;
     state.expiry_interval = expiry;
+    shared.quotas.set_persistent(&connect.client_id, expiry > 0);
     Ok(Admitted {
         connect,
         client,

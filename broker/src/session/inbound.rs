@@ -18,7 +18,7 @@ use crate::codec::{
     SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 use crate::message::Message;
-use crate::metrics::DropCause;
+use crate::metrics::{DropCause, Limit};
 use crate::policy::{PublishInfo, SubscribeVerdict, Verdict};
 use crate::store::{Change, StoreError};
 use crate::topic;
@@ -98,6 +98,13 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
     }
 
     async fn on_publish(&mut self, mut p: Publish) -> Option<End> {
+        // Over its publish rate, the client waits here (see `throttle.rs`); a takeover or
+        // shutdown during the wait ends the connection through the serving loop.
+        if let Some(wait) = self.publish_wait(p.payload.len())
+            && !Box::pin(self.throttled(wait)).await
+        {
+            return None;
+        }
         let limits = &self.shared.config.limits;
         self.shared.metrics.publish_received(p.payload.len());
 
@@ -124,9 +131,11 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         } else if p.topic.is_empty() {
             return closed(ReasonCode::PROTOCOL_ERROR);
         }
-        if topic::validate_topic_name(&p.topic).is_err()
-            || !self.shared.topic_within_limits(&p.topic)
-        {
+        if topic::validate_topic_name(&p.topic).is_err() {
+            return closed(ReasonCode::TOPIC_NAME_INVALID);
+        }
+        if !self.shared.topic_within_limits(&p.topic) {
+            self.shared.metrics.limit_hit(Limit::TopicLimits);
             return closed(ReasonCode::TOPIC_NAME_INVALID);
         }
         if p.qos > limits.maximum_qos {
@@ -203,7 +212,20 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
 
         // Retained first: a new subscriber must never get a stale retained copy after this
         // message was routed (see `Shared::subscribe`).
-        let retained = message.retain.then(|| self.shared.retain(&message));
+        let retained = match message.retain {
+            false => None,
+            true => match self.shared.retain_within_quota(&message) {
+                Some(stored) => Some(stored),
+                None => {
+                    // Over a `limits.max_retained_*` quota: the message is not accepted at all
+                    // (MQTT 5 QoS 1/2 hear 0x97; otherwise it is dropped and counted).
+                    self.shared.metrics.limit_hit(Limit::Retained);
+                    let why = Some("retained message quota exceeded");
+                    self.refuse_publish(packet_id, qos, ReasonCode::QUOTA_EXCEEDED, why);
+                    return None;
+                }
+            },
+        };
         let acceptance = packet_id.map(|id| Acceptance {
             client_id: self.client.client_id.clone(),
             packet_id: id,
@@ -371,9 +393,12 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             if shared_sub && options.no_local {
                 return closed(ReasonCode::PROTOCOL_ERROR); // MQTT-3.8.3-4
             }
-            if topic::validate_topic_filter(&filter).is_err() && !shared_sub
-                || !self.shared.topic_within_limits(&filter)
-            {
+            if topic::validate_topic_filter(&filter).is_err() && !shared_sub {
+                codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            if !self.shared.topic_within_limits(&filter) {
+                self.shared.metrics.limit_hit(Limit::TopicLimits);
                 codes.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
             }
@@ -381,6 +406,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             if !known
                 && self.state.subscriptions.len() >= limits.max_subscriptions_per_client as usize
             {
+                self.shared.metrics.limit_hit(Limit::Subscriptions);
                 codes.push(ReasonCode::QUOTA_EXCEEDED);
                 continue;
             }

@@ -18,6 +18,7 @@
 //! - `connection`: the per-connection task: read, write, keep alive, and the end of a
 //!   connection (will message, session expiry).
 //! - `inbound`: one handler per packet a client sends.
+//! - `throttle`: the publish rate limits of one connection.
 //! - `outbound`: from mailbox to wire: inflight window, packet ids, topic aliases, expiry.
 //! - `backpressure`: a publisher waiting for the full mailboxes it routed to.
 
@@ -27,6 +28,7 @@ mod handshake;
 mod inbound;
 mod outbound;
 pub mod state;
+mod throttle;
 
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};

@@ -17,6 +17,7 @@ mod connect;
 mod durable;
 mod harness;
 mod interop;
+mod limits;
 mod malformed;
 mod policy;
 mod properties;
