@@ -156,6 +156,10 @@ pub struct Load {
     /// Topics are PREFIX/0, PREFIX/1, ...
     #[arg(long, default_value = "moat-bench")]
     pub topic_prefix: String,
+    /// Persistent sessions (3.1.1 clean session 0, 5.0 session expiry 300 s), so that a
+    /// broker with durable storage stores the QoS 1/2 messages.
+    #[arg(long)]
+    pub persistent: bool,
 }
 
 fn secs(s: f64) -> Duration {
@@ -174,6 +178,7 @@ impl Load {
         cfg.batch_bytes = self.batch_bytes;
         cfg.drain = secs(self.drain);
         cfg.topic_prefix = self.topic_prefix.clone();
+        cfg.persistent = self.persistent;
     }
 }
 

@@ -64,6 +64,8 @@ pub struct PubSubConfig {
     pub drain: Duration,
     /// Topics are `{topic_prefix}/{index}`.
     pub topic_prefix: String,
+    /// Clients use persistent sessions (the durable-storage path of a broker).
+    pub persistent: bool,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -90,6 +92,7 @@ impl PubSubConfig {
             batch_bytes: 16 * 1024,
             drain: Duration::from_secs(10),
             topic_prefix: "moat-bench".into(),
+            persistent: false,
         }
     }
 
@@ -177,7 +180,7 @@ pub async fn run(cfg: &PubSubConfig) -> Result<PubSubReport> {
     let mut sub_clients = Vec::with_capacity(cfg.subscribers);
     for j in 0..cfg.subscribers {
         let id = format!("mb-{run:08x}-s{j}");
-        let mut c = Client::connect(cfg.broker, None, version, &id, 0)
+        let mut c = Client::connect_session(cfg.broker, None, version, &id, 0, cfg.persistent)
             .await
             .with_context(|| format!("subscriber {j}"))?;
         c.subscribe(&[cfg.topic(j)], qos)
@@ -188,7 +191,7 @@ pub async fn run(cfg: &PubSubConfig) -> Result<PubSubReport> {
     let mut pub_clients = Vec::with_capacity(cfg.publishers);
     for i in 0..cfg.publishers {
         let id = format!("mb-{run:08x}-p{i}");
-        let c = Client::connect(cfg.broker, None, version, &id, 0)
+        let c = Client::connect_session(cfg.broker, None, version, &id, 0, cfg.persistent)
             .await
             .with_context(|| format!("publisher {i}"))?;
         pub_clients.push(c);

@@ -90,6 +90,20 @@ impl Client {
         client_id: &str,
         keep_alive: u16,
     ) -> Result<Client> {
+        Client::connect_session(addr, source, version, client_id, keep_alive, false).await
+    }
+
+    /// Like [`Client::connect`]; with `persistent` the session outlives the connection
+    /// (3.1.1: clean session 0; 5.0: a session expiry of 300 s), which is what makes a broker
+    /// with durable storage keep its QoS 1/2 messages on disk.
+    pub async fn connect_session(
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        version: ProtocolVersion,
+        client_id: &str,
+        keep_alive: u16,
+        persistent: bool,
+    ) -> Result<Client> {
         let stream = open(addr, source)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
@@ -99,15 +113,19 @@ impl Client {
             wbuf: BytesMut::with_capacity(4096),
             version,
         };
+        let mut properties = Properties::default();
+        if persistent && version == ProtocolVersion::V5 {
+            properties.session_expiry_interval = Some(300);
+        }
         let connect = Packet::Connect(Box::new(Connect {
             protocol: version,
-            clean_start: true,
+            clean_start: !(persistent && version == ProtocolVersion::V311),
             keep_alive,
             client_id: client_id.into(),
             will: None,
             username: None,
             password: None,
-            properties: Properties::default(),
+            properties,
         }));
         client.send(&connect).await?;
         match client.recv_slow().await? {

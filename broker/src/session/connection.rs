@@ -122,6 +122,8 @@ pub(super) struct Conn<IO> {
     pub congested: Vec<Arc<Session>>,
     /// While set, no packet is read or handled: this publisher waits for `congested`.
     paused: Option<Pause>,
+    /// Acknowledgements waiting for their messages to be durable (`acks`).
+    pub acks: std::collections::VecDeque<super::acks::Deferred>,
 }
 
 /// Serves one accepted connection until it closes. `peer` is what the transport established
@@ -208,6 +210,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             scratch: Vec::new(),
             check_deliveries: false,
             congested: Vec::new(),
+            acks: std::collections::VecDeque::new(),
             paused: None,
             shared,
         };
@@ -263,13 +266,18 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             if !self.rbuf.is_empty()
                 && self.wbuf.len() < WRITE_HIGH_WATER
                 && self.paused.is_none()
+                && self.may_defer()
                 && let Some(end) = self.handle_frames().await
             {
                 return end;
             }
+            if let Some(end) = self.send_ready_acks() {
+                return end;
+            }
             self.pump().await;
             self.size_buffers();
-            let can_read = self.wbuf.len() < WRITE_HIGH_WATER && self.paused.is_none();
+            let can_read =
+                self.wbuf.len() < WRITE_HIGH_WATER && self.paused.is_none() && self.may_defer();
             let can_pump = can_read && self.window_open();
             tokio::select! {
                 biased;
@@ -284,6 +292,11 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
                     match r {
                         Ok(0) | Err(_) => return End::Lost,
                         Ok(_) => self.last_packet = Instant::now(),
+                    }
+                }
+                r = super::acks::front_durable(&mut self.acks), if !self.acks.is_empty() => {
+                    if let Some(end) = self.front_done(r) {
+                        return end;
                     }
                 }
                 _ = session.woken(), if can_pump => {}
@@ -356,8 +369,9 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
                 self.pause();
                 return None;
             }
-            if self.wbuf.len() >= WRITE_HIGH_WATER {
-                // Let the writer catch up before reading more; the rest stays buffered.
+            if self.wbuf.len() >= WRITE_HIGH_WATER || !self.may_defer() {
+                // Let the writer (or the store) catch up before reading more; the rest stays
+                // buffered.
                 return None;
             }
         }

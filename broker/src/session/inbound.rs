@@ -19,8 +19,9 @@ use crate::codec::{
 };
 use crate::message::Message;
 use crate::metrics::{DropCause, Limit};
+use crate::pending::Pending;
 use crate::policy::{PublishInfo, SubscribeVerdict, Verdict};
-use crate::store::{Change, StoreError};
+use crate::store::Change;
 use crate::topic;
 
 const fn closed(reason: ReasonCode) -> Option<End> {
@@ -54,7 +55,12 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
     }
 
     /// A response packet; reason strings only when the client allows them (MQTT-3.1.2-29).
-    fn response(&self, packet_id: u16, reason: ReasonCode, why: Option<&str>) -> PubResponse {
+    pub(super) fn response(
+        &self,
+        packet_id: u16,
+        reason: ReasonCode,
+        why: Option<&str>,
+    ) -> PubResponse {
         let mut properties = Properties::default();
         if self.problem_info
             && let Some(why) = why
@@ -232,57 +238,30 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             exactly_once: qos == QoS::ExactlyOnce && self.journaled(),
         });
         // The store accepts the message (and, for persistent subscribers, its queue entries)
-        // before it is acknowledged.
-        let routed =
-            match self
-                .shared
-                .publish_paced(message, &self.me, acceptance, &mut self.congested)
-            {
-                Ok(r) => r,
-                Err(e) => return self.store_refused(packet_id, qos, &e),
-            };
-        if let Err(e) = routed.stored.get().await {
-            return self.store_refused(packet_id, qos, &e);
-        }
-        if let Some(Err(e)) = match retained {
-            Some(p) => Some(p.get().await),
-            None => None,
-        } {
-            tracing::error!(error = %e, "could not store a retained message");
-        }
-
-        if let Some(id) = packet_id {
-            let reason = if routed.count == 0 && self.version == ProtocolVersion::V5 {
-                ReasonCode::NO_MATCHING_SUBSCRIBERS
-            } else {
-                ReasonCode::SUCCESS
-            };
-            let r = self.response(id, reason, None);
-            if qos == QoS::AtLeastOnce {
-                self.send(&Packet::PubAck(r));
-            } else {
-                self.state.inbound_qos2.insert(id);
-                self.send(&Packet::PubRec(r));
-            }
-        }
-        None
-    }
-
-    /// The store could not make an accepted QoS 1/2 message durable: the publisher is not
-    /// told it was accepted (3.1.1 has no negative acknowledgement, so there the connection
-    /// closes, MQTT-4.8.0-2 of 3.1.1).
-    fn store_refused(&mut self, packet_id: Option<u16>, qos: QoS, e: &StoreError) -> Option<End> {
-        tracing::error!(client = %self.client.client_id, error = %e, "store refused a message");
+        // before it is acknowledged; the acknowledgement waits in `acks` meanwhile. A store
+        // that refuses at once means the message was not routed.
+        let routed = self
+            .shared
+            .publish_paced(message, &self.me, acceptance, &mut self.congested);
         let id = packet_id?;
-        if self.version == ProtocolVersion::V311 {
-            return closed(ReasonCode::UNSPECIFIED_ERROR);
-        }
-        let r = self.response(id, ReasonCode::UNSPECIFIED_ERROR, Some("store failure"));
-        match qos {
-            QoS::AtLeastOnce => self.send(&Packet::PubAck(r)),
-            _ => self.send(&Packet::PubRec(r)),
+        let (reason, stored) = match routed {
+            Ok(r) if r.count == 0 && self.version == ProtocolVersion::V5 => {
+                (ReasonCode::NO_MATCHING_SUBSCRIBERS, r.stored)
+            }
+            Ok(r) => (ReasonCode::SUCCESS, r.stored),
+            Err(e) => (ReasonCode::UNSPECIFIED_ERROR, Err(e).into()),
         };
-        None
+        // The retained change was applied first, so the message's being durable covers it;
+        // when the message itself needed no write, the acknowledgement waits for the retained
+        // copy instead.
+        let stored = match (stored, retained) {
+            (Pending::Ready(Ok(())), Some(r)) => r,
+            (stored, _) => stored,
+        };
+        if qos == QoS::ExactlyOnce {
+            self.state.inbound_qos2.insert(id);
+        }
+        self.acknowledge_when(stored, id, qos, reason)
     }
 
     /// Whether this session's QoS 1/2 state is journaled (persistent, and a store that

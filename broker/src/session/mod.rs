@@ -19,9 +19,11 @@
 //!   connection (will message, session expiry).
 //! - `inbound`: one handler per packet a client sends.
 //! - `throttle`: the publish rate limits of one connection.
+//! - `acks`: PUBACK/PUBREC that wait, in order, for their message to be durable.
 //! - `outbound`: from mailbox to wire: inflight window, packet ids, topic aliases, expiry.
 //! - `backpressure`: a publisher waiting for the full mailboxes it routed to.
 
+mod acks;
 mod backpressure;
 mod connection;
 mod handshake;
