@@ -25,6 +25,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 pub const MAX_HEADER: usize = 4096;
 /// The longest v1 header, CRLF included (the specification's figure).
 const V1_MAX: usize = 107;
+/// How each version's header begins.
+const V1_SIGNATURE: &[u8] = b"PROXY ";
+const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
 
 /// Why a PROXY header was refused.
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +70,15 @@ pub fn parse(input: &[u8]) -> Result<Option<(Option<SocketAddr>, usize)>, ProxyE
     // A v1 header is one line: parse it only once the line is complete, because `ppp` reads
     // a line cut short inside a number as a bad number rather than as incomplete.
     let mut input = input;
-    let v1 = b"PROXY ";
-    if input[..input.len().min(v1.len())] == v1[..input.len().min(v1.len())] {
+    let starts = |signature: &[u8]| {
+        let n = input.len().min(signature.len());
+        input[..n] == signature[..n]
+    };
+    if !starts(V1_SIGNATURE) && !starts(V2_SIGNATURE) {
+        // Decided here: `ppp` reads a short non-header as an incomplete v1 one.
+        return Err(ProxyError::Invalid("no PROXY protocol signature".into()));
+    }
+    if starts(V1_SIGNATURE) {
         match input.windows(2).take(V1_MAX).position(|w| w == b"\r\n") {
             Some(end) => input = &input[..end + 2],
             None if input.len() < V1_MAX => return Ok(None),
@@ -222,6 +232,8 @@ mod tests {
         // An MQTT CONNECT where a header should be, and mangled headers.
         for bad in [
             &b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00"[..],
+            b"\x10",
+            b"QUIT",
             b"PROXY TCP4 1.2.3 4.5.6.7 1 2\r\n",
             b"PROXY TCP9 1.2.3.4 4.5.6.7 1 2\r\n",
             b"PROXY TCP4 1.2.3.4 4.5.6.7 99999 2\r\n",

@@ -32,6 +32,10 @@ pub(super) enum Refused {
     Silent,
 }
 
+/// The packet type of CONNECT, the high nibble of its first byte (a CONNECT with bad flags is
+/// still decoded, to answer it with the right reason code).
+const CONNECT_TYPE: u8 = 1;
+
 /// Reads the first packet, which must be CONNECT (MQTT-3.1.0-1).
 pub(super) async fn read_connect<IO: AsyncRead>(
     shared: &Shared,
@@ -42,6 +46,12 @@ pub(super) async fn read_connect<IO: AsyncRead>(
     let max = shared.config.limits.max_packet_size;
     let read = async {
         loop {
+            // MQTT-3.1.0-1: the first packet is CONNECT. Anything else (an HTTP request, a
+            // PROXY header from an address not trusted to send one, TLS to a plain port) is
+            // closed at its first byte rather than waited on until the connect timeout.
+            if rbuf.first().is_some_and(|&b| b >> 4 != CONNECT_TYPE) {
+                return Err(Refused::Silent);
+            }
             match codec::check(rbuf, max) {
                 Ok(Some(n)) => {
                     let frame = rbuf.split_to(n).freeze();

@@ -187,6 +187,15 @@ pub async fn connect(
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
+    connect_over(tcp, sni, config).await
+}
+
+/// Runs a TLS client handshake over an open TCP connection.
+pub async fn connect_over(
+    tcp: tokio::net::TcpStream,
+    sni: &str,
+    config: rustls::ClientConfig,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     connector
         .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)

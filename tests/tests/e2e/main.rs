@@ -21,6 +21,7 @@ mod limits;
 mod malformed;
 mod policy;
 mod properties;
+mod proxy;
 mod qos;
 mod retained;
 mod routing;
