@@ -3,7 +3,8 @@
 #
 # Starts each broker fresh for every run, pinned to core 0 (taskset), with equivalent settings
 # (bench/mosquitto.conf on port 1884, bench/moat.toml on port 1885: 20 in flight, 1000 queued,
-# no persistence, no auth, no $SYS, one thread), runs moat-bench pinned to core 1 against it,
+# no persistence, no auth, no $SYS, one thread; TLS on 8884 and 8885 with the same RSA-2048
+# certificate from bench/tls-certs.sh), runs moat-bench pinned to core 1 against it,
 # alternating the brokers (and which one goes first) over several rounds, and writes to OUT
 # (default target/compare/<UTC time>):
 #   OUT/results.jsonl   one JSON report per run (moat-bench --json, tagged by broker)
@@ -26,6 +27,9 @@ BROKER_CORE=0
 GEN_CORE=1
 MOSQ_PORT=1884
 MOAT_PORT=1885
+MOSQ_TLS_PORT=8884
+MOAT_TLS_PORT=8885
+TLS_DIR=target/bench-tls
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
 
@@ -63,7 +67,7 @@ NOFILE="$(ulimit -n)"
 if [[ "$NOFILE" != unlimited && "$NOFILE" -lt $((CONNECTIONS + 200)) ]]; then
     die "ulimit -n is $NOFILE: too low for $CONNECTIONS connections"
 fi
-for port in "$MOSQ_PORT" "$MOAT_PORT"; do
+for port in "$MOSQ_PORT" "$MOAT_PORT" "$MOSQ_TLS_PORT" "$MOAT_TLS_PORT"; do
     if ss -Hltn "sport = :$port" | grep -q .; then
         die "port $port is already in use: is another broker running?"
     fi
@@ -75,6 +79,8 @@ if [[ "$BUILD" == 1 ]]; then
         || { tail -30 "$OUT/build.log" >&2; die "build failed (see $OUT/build.log)"; }
 fi
 [[ -x "$MOAT" && -x "$BENCH" ]] || die "missing $MOAT or $BENCH (build first)"
+# Both configurations name these files (RSA-2048 CA and server certificate, made once).
+bench/tls-certs.sh "$TLS_DIR" || die "cannot make the TLS certificates (openssl)"
 
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -129,7 +135,14 @@ start_broker() {
     die "$name did not listen on port $port within 10 s (see $log)"
 }
 
-port_of() { [[ "$1" == mosquitto ]] && echo "$MOSQ_PORT" || echo "$MOAT_PORT"; }
+# port_of BROKER SCENARIO: the port a scenario runs against ("TLS ..." ones: the TLS listener).
+port_of() {
+    if [[ "$2" == TLS* ]]; then
+        [[ "$1" == mosquitto ]] && echo "$MOSQ_TLS_PORT" || echo "$MOAT_TLS_PORT"
+    else
+        [[ "$1" == mosquitto ]] && echo "$MOSQ_PORT" || echo "$MOAT_PORT"
+    fi
+}
 
 # --- Scenarios: "name|moat-bench arguments" ------------------------------------------------
 LOAD="-p 64 -d $DURATION -w $WARMUP"
@@ -143,6 +156,13 @@ SCENARIOS=(
     "QoS 1 1->1 at 5k msg/s|fan-in -n 1 -q 1 -r 5000 $LOAD"
     "QoS 1 fan-in 4->1|fan-in -n 4 -q 1 --window 64 $LOAD"
     "idle connections ${CONNECTIONS}|connections -n $CONNECTIONS --concurrency 64 --hold 2"
+    # Plain TCP connects on the same terms as the TLS handshakes below, for the TLS cost.
+    "TCP connects 2000|connections -n 2000 --concurrency 64 --hold 0"
+    # TLS 1.3 (whatever the client and broker agree on), RSA-2048 server certificate, a full
+    # handshake per connection (the client keeps no session cache).
+    "TLS handshakes 2000|connections -n 2000 --concurrency 64 --hold 0"
+    "TLS QoS 0 many-to-many 8x(1->1)|many-to-many -n 8 -q 0 $LOAD"
+    "TLS QoS 1 1->1 at 5k msg/s|fan-in -n 1 -q 1 -r 5000 $LOAD"
 )
 
 FAILED=()
@@ -154,8 +174,9 @@ run_one() {
     echo "-- round $round, $broker: $name"
     # shellcheck disable=SC2086
     if taskset -c "$GEN_CORE" "$BENCH" --json --tag "$broker" --name "$name" \
-        --broker-pid "$BROKER_PID" -b "127.0.0.1:$(port_of "$broker")" $args \
+        --broker-pid "$BROKER_PID" -b "127.0.0.1:$(port_of "$broker" "$name")" $args \
         $([[ "$args" == connections* ]] && echo "--source-base $base") \
+        $([[ "$name" == TLS* ]] && echo "--tls-ca $TLS_DIR/ca.pem") \
         >>"$RESULTS" 2>>"$OUT/bench.log"; then
         tail -1 "$RESULTS" | "$BENCH" summarize - --baseline "$broker" | sed -n '3,$p' \
             | grep '^|' | cut -d'|' -f3,4 | sed 's/^/     /'

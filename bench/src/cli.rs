@@ -46,6 +46,37 @@ pub struct Global {
     /// The broker's process id: its memory (VmRSS, VmHWM) is read from /proc.
     #[arg(long, global = true)]
     pub broker_pid: Option<u32>,
+    /// Connect over TLS, trusting the CAs in this PEM file.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// The server name to ask for (SNI) and to verify the certificate against.
+    #[arg(long, global = true, default_value = "localhost")]
+    pub tls_name: String,
+    /// A client certificate (PEM) to present, for mutual TLS; with --tls-key.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Resume TLS sessions across connections (default: a full handshake for every one).
+    #[arg(long, global = true)]
+    pub tls_resume: bool,
+}
+
+impl Global {
+    /// Turns TLS on if `--tls-ca` asks for it.
+    pub fn apply_tls(&self) -> anyhow::Result<()> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(());
+        };
+        crate::transport::set_tls(&crate::transport::TlsOptions {
+            ca,
+            server_name: &self.tls_name,
+            cert: self.tls_cert.as_deref(),
+            key: self.tls_key.as_deref(),
+            resume: self.tls_resume,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use moat::codec::ProtocolVersion;
 use serde::Serialize;
-use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use crate::report::{ConnReport, Latency, proc_status_kb};
+use crate::report::{ConnReport, Latency, proc_cpu_secs, proc_status_kb};
 use crate::scenario::run_id;
 use crate::subscriber::new_histogram;
 use crate::wire::Client;
@@ -95,8 +94,10 @@ pub async fn run(cfg: &ConnConfig) -> Result<ConnReport> {
     let run = run_id();
     let rss = |field| cfg.broker_pid.and_then(|pid| proc_status_kb(pid, field));
     let rss_before = rss("VmRSS");
+    let cpu = || cfg.broker_pid.and_then(proc_cpu_secs);
+    let cpu_before = cpu();
 
-    let mut held: Vec<TcpStream> = Vec::with_capacity(cfg.count);
+    let mut held: Vec<crate::transport::Stream> = Vec::with_capacity(cfg.count);
     let mut latency = new_histogram();
     let mut failed = 0u64;
     let mut first_error = None;
@@ -130,6 +131,7 @@ pub async fn run(cfg: &ConnConfig) -> Result<ConnReport> {
         }
     }
     let connect_secs = started.elapsed().as_secs_f64();
+    let cpu_after = cpu();
 
     // Let the broker finish its side of the last handshakes before sampling its memory.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -144,7 +146,7 @@ pub async fn run(cfg: &ConnConfig) -> Result<ConnReport> {
     // TIME_WAIT for a minute, and a next run from the same addresses would find the port
     // range full of them.
     for stream in held {
-        let _ = stream.set_zero_linger();
+        let _ = stream.tcp().set_zero_linger();
     }
 
     let per_connection = match (rss_before, rss_held) {
@@ -167,5 +169,9 @@ pub async fn run(cfg: &ConnConfig) -> Result<ConnReport> {
         broker_rss_held_kb: rss_held,
         broker_bytes_per_connection: per_connection,
         broker_peak_rss_kb: peak,
+        broker_cpu_us_per_connection: match (cpu_before, cpu_after) {
+            (Some(b), Some(a)) if connected > 0 => Some((a - b) * 1e6 / connected as f64),
+            _ => None,
+        },
     })
 }

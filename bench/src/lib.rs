@@ -12,6 +12,7 @@
 //! Layout:
 //! - [`payload`]: the message stamp and the shared clock.
 //! - [`wire`]: connecting, subscribing, and the hot-path packet framing.
+//! - [`transport`]: the stream under a client: TCP, or TLS with `--tls-ca`.
 //! - [`publisher`], [`subscriber`]: one connection's send loop and receive loop.
 //! - [`tracker`]: per-publisher sequence tracking (loss, duplicates, reordering).
 //! - [`scenario`]: publish/subscribe topologies (fan-in, fan-out, many-to-many) and a run.
@@ -31,6 +32,7 @@ pub mod scenario;
 pub mod subscriber;
 pub mod summarize;
 pub mod tracker;
+pub mod transport;
 pub mod wire;
 
 pub use connections::ConnConfig;

@@ -108,6 +108,34 @@ pub struct ConnReport {
     pub broker_rss_held_kb: Option<u64>,
     pub broker_bytes_per_connection: Option<f64>,
     pub broker_peak_rss_kb: Option<u64>,
+    /// With `--broker-pid`: the broker's CPU time (user + system) spent while the
+    /// connections were being opened, per connection. Unlike the rate, this does not depend
+    /// on how much of its core the broker got on a shared machine.
+    #[serde(default)]
+    pub broker_cpu_us_per_connection: Option<f64>,
+}
+
+/// The CPU time (user + system) process `pid` has used, from `/proc/PID/stat`.
+pub fn proc_cpu_secs(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces, hence the last ')'):
+    // utime and stime are the 12th and 13th, in clock ticks.
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / clock_ticks_per_sec())
+}
+
+#[cfg(target_os = "linux")]
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as f64 } else { 100.0 }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn clock_ticks_per_sec() -> f64 {
+    100.0
 }
 
 /// A field of `/proc/PID/status` in kB (such as `VmRSS` or `VmHWM`).
@@ -249,6 +277,9 @@ impl ConnReport {
         }
         if let Some(kb) = self.broker_peak_rss_kb {
             rows.push(("broker peak RSS", format!("{} kB", thousands(kb as f64))));
+        }
+        if let Some(us) = self.broker_cpu_us_per_connection {
+            rows.push(("broker CPU per connect", format!("{us:.0} µs")));
         }
         table(&rows)
     }

@@ -90,6 +90,12 @@ const CONNECTIONS: &[Metric] = &[
         Reduce::Median,
         0,
     ),
+    (
+        "broker CPU µs per connect (lower is better)",
+        "/broker_cpu_us_per_connection",
+        Reduce::Median,
+        0,
+    ),
 ];
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -74,7 +74,7 @@ fn bind_address_no_port(_: &TcpSocket) -> std::io::Result<()> {
 
 /// One client connection with its buffers.
 pub struct Client {
-    pub stream: TcpStream,
+    pub stream: crate::transport::Stream,
     pub rbuf: BytesMut,
     pub wbuf: BytesMut,
     pub version: ProtocolVersion,
@@ -104,9 +104,13 @@ impl Client {
         keep_alive: u16,
         persistent: bool,
     ) -> Result<Client> {
-        let stream = open(addr, source)
+        let tcp = open(addr, source)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
+        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, crate::transport::Stream::over(tcp))
+            .await
+            .map_err(|_| anyhow!("TLS handshake with {addr} took over {HANDSHAKE_TIMEOUT:?}"))?
+            .with_context(|| format!("TLS handshake with {addr}"))?;
         let mut client = Client {
             stream,
             rbuf: BytesMut::with_capacity(4096),

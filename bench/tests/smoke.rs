@@ -73,4 +73,64 @@ async fn fan_in_fan_out_and_connections_balance() {
     assert!(conns.connects_per_sec > 0.0);
 
     broker.shutdown(Duration::from_secs(1)).await;
+
+    // TLS is process-wide in moat-bench, so the TLS runs come last, in this same test (a
+    // second test in this binary would run concurrently and find TLS switched on).
+    tls_runs().await;
+}
+
+/// The same scenarios over TLS: a broker with a TLS listener whose certificate comes from a
+/// CA made here, and moat-bench trusting that CA.
+async fn tls_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca_path = write("ca.pem", ca.pem());
+    let tls = moat::config::TlsConfig::new(
+        write("server.pem", cert.pem()),
+        write("server.key", key.serialize_pem()),
+    );
+    let mut config = Config::default();
+    config.listeners = vec![moat::config::ListenerConfig {
+        protocol: moat::config::Protocol::Tls,
+        tls: Some(tls),
+        ..moat::config::ListenerConfig::tcp("tls", "127.0.0.1:0".parse().unwrap())
+    }];
+    config.sys.interval = Duration::ZERO;
+    let broker = Broker::start(config).await.expect("TLS broker starts");
+    let addr = broker.local_addr();
+    moat_bench::transport::set_tls(&moat_bench::transport::TlsOptions {
+        ca: &ca_path,
+        server_name: "localhost",
+        cert: None,
+        key: None,
+        resume: false,
+    })
+    .unwrap();
+
+    let fan_in = scenario::run(&quick(PubSubConfig::fan_in(addr, 2), 1))
+        .await
+        .expect("fan-in over TLS runs");
+    assert_balanced(&fan_in, 1);
+    let mut conns = ConnConfig::new(addr, 20);
+    conns.hold = Duration::ZERO;
+    let conns = connections::run(&conns).await.expect("TLS connections run");
+    assert_eq!((conns.connected, conns.failed), (20, 0));
+    assert!(
+        broker.metrics().sockets_accepted >= 20 + 3,
+        "the runs went through the TLS listener"
+    );
+    broker.shutdown(Duration::from_secs(1)).await;
 }
