@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::message::{Message, MessageProperties, cap_expiry};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::pending::Pending;
-use crate::policy::{AllowAll, ClientInfo, Identity, Policy, PublishInfo, Verdict};
+use crate::policy::{AllowAll, ClientInfo, Identity, Policy, Verdict};
 use crate::router::{RetainedIndex, Route, SubscriptionTree};
 use crate::session::{Delivery, Kick, MailboxLimits, Session, SessionRef, SessionState};
 use crate::store::{Change, MemoryStore, Store, StoreError, Target, WillRecord};
@@ -82,6 +82,11 @@ pub struct Routed {
 }
 
 impl Shared {
+    /// Milliseconds since the broker started: the clock of keep-alive deadlines.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     /// Runs a task that shutdown waits for.
     pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         self.tasks.spawn(task);
@@ -448,7 +453,7 @@ impl Shared {
         self.tasks.spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(u64::from(seconds))) => {}
-                _ = session.ended.cancelled() => return,
+                _ = session.ended() => return,
                 _ = shared.shutdown.cancelled() => return,
             }
             if session.current_generation() != generation || session.is_attached() {
@@ -510,11 +515,11 @@ impl Shared {
             if delay > 0 {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {}
-                    _ = session.ended.cancelled() => {}
+                    _ = session.ended() => {}
                     // Stays in the store: published after the restart.
                     _ = shared.shutdown.cancelled() => return,
                 }
-                if session.current_generation() != generation && !session.ended.is_cancelled() {
+                if session.current_generation() != generation && !session.is_ended() {
                     if stored {
                         shared
                             .store
@@ -534,16 +539,9 @@ impl Shared {
 
     /// Publishes a will message that is due (the policy is asked first, as for any publish).
     async fn send_will(&self, message: Arc<Message>, client: &ClientInfo, identity: &Identity) {
-        let info = PublishInfo {
-            topic: &message.topic,
-            qos: message.qos,
-            retain: message.retain,
-            payload_len: message.payload.len(),
-            user_properties: &message.properties.user_properties,
-        };
         if let Verdict::Deny(_) = self
             .policy
-            .authorize_publish(client, identity, info)
+            .authorize_publish(client, identity, message.publish_info())
             .get()
             .await
         {
@@ -712,6 +710,9 @@ impl Broker {
             running.push(listener);
         }
         shared.spawn_listener_upkeep(&running);
+        shared
+            .tasks
+            .spawn(crate::session::keepalive::sweep(shared.clone()));
         {
             // Expired retained messages are never delivered (checked on subscribe); this only
             // frees their memory and their store records.
@@ -765,7 +766,7 @@ impl Broker {
     /// connection ends.
     pub async fn serve_connection<IO>(&self, io: IO, remote: SocketAddr, listener: &str)
     where
-        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let timeout = self.shared.config.limits.connect_timeout;
         let peer = crate::net::Peer::new(remote, Arc::from(listener), timeout);
@@ -794,6 +795,11 @@ impl Broker {
     /// connection tasks to finish, at most `grace`.
     pub async fn shutdown(self, grace: Duration) {
         self.shared.shutdown.cancel();
+        // Serving connections wait on their session alone; one attached after this loop sees
+        // the cancelled token when it starts.
+        for session in self.shared.sessions.lock().values() {
+            session.kick_if(ReasonCode::SERVER_SHUTTING_DOWN, |_| true);
+        }
         self.shared.tasks.close();
         if tokio::time::timeout(grace, self.shared.tasks.wait())
             .await

@@ -80,6 +80,17 @@ impl Message {
         }
     }
 
+    /// What a policy is told about this message when it is published.
+    pub fn publish_info(&self) -> crate::policy::PublishInfo<'_> {
+        crate::policy::PublishInfo {
+            topic: &self.topic,
+            qos: self.qos,
+            retain: self.retain,
+            payload_len: self.payload.len(),
+            user_properties: &self.properties.user_properties,
+        }
+    }
+
     /// True once the Message Expiry Interval has passed (MQTT-3.3.2-5).
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expiry

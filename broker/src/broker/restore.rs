@@ -141,11 +141,11 @@ impl Shared {
             if let Some(session) = &session {
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = session.ended.cancelled() => {}
+                    _ = session.ended() => {}
                     _ = shared.shutdown.cancelled() => return,
                 }
                 // A client that came back to the session cancels its will (MQTT-3.1.3-9).
-                if session.current_generation() != 0 && !session.ended.is_cancelled() {
+                if session.current_generation() != 0 && !session.is_ended() {
                     shared
                         .store
                         .apply_detached(Change::WillRemoved(will.client_id.clone()));

@@ -78,6 +78,15 @@ pub(crate) struct Places {
     _refusing: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
+impl Places {
+    /// What an admitted connection keeps while it is served: its ticket (the permit to be told
+    /// of a refusal only matters to a refused one). Smaller, because it is kept in every
+    /// connection's task.
+    pub(crate) fn into_ticket(self) -> Option<Ticket> {
+        self._ticket
+    }
+}
+
 impl Peer {
     /// A peer with no TLS, no refusal and no admission ticket (embedding, tests).
     pub fn new(remote: SocketAddr, listener: Arc<str>, connect_timeout: Duration) -> Peer {

@@ -37,11 +37,41 @@ pub(super) struct Deferred {
     reason: ReasonCode,
 }
 
-/// Waits until the front acknowledgement's message is durable (or the store failed).
-pub(super) async fn front_durable(acks: &mut VecDeque<Deferred>) -> Result<(), StoreError> {
-    match acks.front_mut() {
-        Some(d) => stored(d).as_mut().await,
-        None => std::future::pending().await,
+/// The queue of waiting acknowledgements. Allocated when the first one has to wait: most
+/// connections never defer one (the memory store answers at once), and the queue would
+/// otherwise be 32 bytes of every connection's task.
+#[derive(Default)]
+#[allow(clippy::box_collection)] // the point: 8 bytes in the task, not 32
+pub(super) struct Acks(Option<Box<VecDeque<Deferred>>>);
+
+impl Acks {
+    pub(super) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.len())
+    }
+
+    fn push_back(&mut self, d: Deferred) {
+        self.0.get_or_insert_default().push_back(d);
+    }
+
+    fn front_mut(&mut self) -> Option<&mut Deferred> {
+        self.0.as_mut()?.front_mut()
+    }
+
+    fn pop_front(&mut self) -> Option<Deferred> {
+        self.0.as_mut()?.pop_front()
+    }
+
+    /// Ready when the front acknowledgement's message is durable (or the store failed);
+    /// pending while there is none.
+    pub(super) fn poll_front(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StoreError>> {
+        match self.front_mut() {
+            Some(d) => stored(d).as_mut().poll(cx),
+            None => Poll::Pending,
+        }
     }
 }
 
@@ -51,7 +81,7 @@ fn stored(d: &mut Deferred) -> &mut Stored {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
     /// Acknowledges a QoS 1/2 PUBLISH with `reason` once `stored` resolves, in order.
     pub(super) fn acknowledge_when(
         &mut self,

@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::connection::Conn;
 use super::{Kick, Session, SessionRef, SessionState};
 use crate::broker::Shared;
 use crate::codec::{
-    self, Auth, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolVersion, QoS, ReasonCode,
+    self, Auth, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolVersion, QoS,
+    ReasonCode, Will,
 };
 use crate::metrics::Limit;
 use crate::net::Peer;
@@ -37,9 +38,9 @@ pub(super) enum Refused {
 const CONNECT_TYPE: u8 = 1;
 
 /// Reads the first packet, which must be CONNECT (MQTT-3.1.0-1).
-pub(super) async fn read_connect<IO: AsyncRead>(
+pub(super) async fn read_connect<IO: AsyncRead + Unpin>(
     shared: &Shared,
-    reader: &mut ReadHalf<IO>,
+    reader: &mut IO,
     rbuf: &mut BytesMut,
     deadline: Duration,
 ) -> Result<Box<Connect>, Refused> {
@@ -110,9 +111,9 @@ fn refuse_decode(version: Option<ProtocolVersion>, e: &DecodeError) -> Refused {
 }
 
 /// Sends a refusing CONNACK and flushes it.
-pub(super) async fn send_refusal<IO: AsyncWrite>(
+pub(super) async fn send_refusal<IO: AsyncWrite + Unpin>(
     shared: &Shared,
-    writer: &mut WriteHalf<IO>,
+    writer: &mut IO,
     version: ProtocolVersion,
     denial: Denial,
     client_max_packet: Option<u32>,
@@ -156,6 +157,31 @@ fn assign_client_id() -> ByteString {
     ByteString::from(format!("moat-{t:x}-{n}"))
 }
 
+/// Gives a string its own storage instead of a view into a read buffer.
+fn detach(s: &mut ByteString) {
+    *s = ByteString::from(&**s);
+}
+
+/// [`detach`] for everything a will keeps until it is published.
+fn detach_will(w: &mut Will) {
+    detach(&mut w.topic);
+    w.payload = Bytes::copy_from_slice(&w.payload);
+    let p = &mut w.properties;
+    for s in [&mut p.content_type, &mut p.response_topic]
+        .into_iter()
+        .flatten()
+    {
+        detach(s);
+    }
+    if let Some(d) = &mut p.correlation_data {
+        *d = Bytes::copy_from_slice(d);
+    }
+    for (k, v) in &mut p.user_properties {
+        detach(k);
+        detach(v);
+    }
+}
+
 fn deny(reason: ReasonCode, message: &str) -> Denial {
     Denial {
         reason,
@@ -165,11 +191,10 @@ fn deny(reason: ReasonCode, message: &str) -> Denial {
 
 /// Validates CONNECT, authenticates, and attaches the session: the whole way from a decoded
 /// CONNECT to a connection ready to serve (its CONNACK is in the write buffer).
-pub(super) async fn accept<IO: AsyncRead + AsyncWrite>(
+pub(super) async fn accept<IO: AsyncRead + AsyncWrite + Unpin + Send>(
     shared: Arc<Shared>,
     connect: Box<Connect>,
-    reader: ReadHalf<IO>,
-    mut writer: WriteHalf<IO>,
+    mut io: IO,
     rbuf: BytesMut,
     peer: Peer,
 ) -> Option<Conn<IO>> {
@@ -177,10 +202,10 @@ pub(super) async fn accept<IO: AsyncRead + AsyncWrite>(
     let client_max_packet = connect.properties.maximum_packet_size;
     let remote = peer.remote;
     match admit(&shared, connect, peer).await {
-        Ok(admitted) => Some(Conn::start(shared, admitted, reader, writer, rbuf).await),
+        Ok(admitted) => Some(Conn::start(shared, admitted, io, rbuf).await),
         Err(denial) => {
             tracing::debug!(%remote, reason = denial.reason.0, msg = ?denial.message, "connect refused");
-            send_refusal(&shared, &mut writer, version, denial, client_max_packet).await;
+            send_refusal(&shared, &mut io, version, denial, client_max_packet).await;
             None
         }
     }
@@ -229,6 +254,15 @@ async fn admit(
             ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
             "client identifier too long",
         ));
+    }
+    // The decoded strings are views into the read block; the ones a session keeps get storage
+    // of their own, so the block is freed once the connection is idle.
+    detach(&mut connect.client_id);
+    if let Some(u) = &mut connect.username {
+        detach(u);
+    }
+    if let Some(w) = &mut connect.will {
+        detach_will(w);
     }
 
     // The will is a publish like any other: same topic rules, same broker limits.
@@ -308,7 +342,7 @@ async fn admit(
         ));
     }
 
-    let kick = Arc::new(Kick::default());
+    let kick = Arc::new(Kick::new());
     let Some((session, mut state, session_present, generation)) = shared
         .take_session(
             &connect.client_id,

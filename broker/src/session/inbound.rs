@@ -3,12 +3,22 @@
 //! Each returns `None` to go on serving, or the [`End`] of the connection when the packet
 //! breaks a rule that closes it. Rules are checked in the order the specification gives them,
 //! and broker rules (no client writes to `$` topics, limits) come before any policy is asked.
+//!
+//! Handling is synchronous when the policy and the store answer at once (allow-all, a cached
+//! decision, the memory store, a session that is not journaled), which is the common case:
+//! [`Conn::handle`] returns [`Handled::Done`]. Only an answer that must be waited for turns
+//! the rest of the work into a boxed future ([`Handled::Later`]). This keeps the await states
+//! of packet handling out of every connection's task, whose size is memory per idle
+//! connection.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytestring::ByteString;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::backpressure;
 use super::connection::{Conn, End};
 use super::handshake;
 use super::state::{Phase, Subscribed};
@@ -20,25 +30,53 @@ use crate::codec::{
 use crate::message::Message;
 use crate::metrics::{DropCause, Limit};
 use crate::pending::Pending;
-use crate::policy::{PublishInfo, SubscribeVerdict, Verdict};
-use crate::store::Change;
+use crate::policy::{SubscribeVerdict, Verdict};
+use crate::store::{Change, StoreError};
 use crate::topic;
 
 const fn closed(reason: ReasonCode) -> Option<End> {
     Some(End::Closed(reason))
 }
 
-impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
-    pub(super) async fn handle(&mut self, packet: Packet) -> Option<End> {
-        match packet {
-            Packet::Publish(p) => self.on_publish(p).await,
+/// What handling one packet left to do.
+pub(super) enum Handled<'a> {
+    /// Finished; `Some` ends the connection.
+    Done(Option<End>),
+    /// The rest waits for an answer that was not immediate.
+    Later(Pin<Box<dyn Future<Output = Option<End>> + Send + 'a>>),
+}
+
+impl Handled<'_> {
+    pub(super) async fn finish(self) -> Option<End> {
+        match self {
+            Handled::Done(end) => end,
+            Handled::Later(rest) => rest.await,
+        }
+    }
+}
+
+/// A PUBLISH that passed the broker's checks, on its way through the policy.
+struct Accepting {
+    message: Arc<Message>,
+    packet_id: Option<u16>,
+    qos: QoS,
+}
+
+/// The next step of handling a packet, once an answer of type `T` is known; `S` is what the
+/// step needs from the one before.
+type Step<IO, S, T> = for<'a> fn(&'a mut Conn<IO>, S, T) -> Handled<'a>;
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
+    pub(super) fn handle(&mut self, packet: Packet) -> Handled<'_> {
+        let end = match packet {
+            Packet::Publish(p) => return self.on_publish(p),
             Packet::PubAck(r) => self.on_puback(r),
-            Packet::PubRec(r) => self.on_pubrec(r).await,
-            Packet::PubRel(r) => self.on_pubrel(r).await,
+            Packet::PubRec(r) => return self.on_pubrec(r),
+            Packet::PubRel(r) => return self.on_pubrel(r),
             Packet::PubComp(r) => self.on_pubcomp(r),
-            // Boxed: rare, and their futures would otherwise sit in every connection's task.
-            Packet::Subscribe(s) => Box::pin(self.on_subscribe(s)).await,
-            Packet::Unsubscribe(u) => Box::pin(self.on_unsubscribe(u)).await,
+            // Rare, and they ask the policy and the store once per filter.
+            Packet::Subscribe(s) => return Handled::Later(Box::pin(self.on_subscribe(s))),
+            Packet::Unsubscribe(u) => return Handled::Later(Box::pin(self.on_unsubscribe(u))),
             Packet::PingReq => {
                 self.send(&Packet::PingResp);
                 None
@@ -51,6 +89,23 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             | Packet::SubAck(_)
             | Packet::UnsubAck(_)
             | Packet::PingResp => closed(ReasonCode::PROTOCOL_ERROR),
+        };
+        Handled::Done(end)
+    }
+
+    /// Goes on with `next` now if `answer` is already here, or in a boxed future once it is.
+    fn then<S: Send + 'static, T: Send + 'static>(
+        &mut self,
+        answer: Pending<T>,
+        state: S,
+        next: Step<IO, S, T>,
+    ) -> Handled<'_> {
+        match answer {
+            Pending::Ready(v) => next(self, state, v),
+            Pending::Later(answer) => Handled::Later(Box::pin(async move {
+                let v = answer.await;
+                next(self, state, v).finish().await
+            })),
         }
     }
 
@@ -103,52 +158,81 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         };
     }
 
-    async fn on_publish(&mut self, mut p: Publish) -> Option<End> {
+    fn on_publish(&mut self, p: Publish) -> Handled<'_> {
         // Over its publish rate, the client waits here (see `throttle.rs`); a takeover or
         // shutdown during the wait ends the connection through the serving loop.
-        if let Some(wait) = self.publish_wait(p.payload.len())
-            && !Box::pin(self.throttled(wait)).await
-        {
-            return None;
+        if let Some(wait) = self.publish_wait(p.payload.len()) {
+            return Handled::Later(Box::pin(async move {
+                if !self.throttled(wait).await {
+                    return None;
+                }
+                self.publish_now(p).finish().await
+            }));
         }
+        self.publish_now(p)
+    }
+
+    fn publish_now(&mut self, p: Publish) -> Handled<'_> {
+        let a = match self.check_publish(p) {
+            Ok(a) => a,
+            Err(end) => return Handled::Done(end),
+        };
+        let message = &a.message;
+        // Broker rule first: `$` topics belong to the broker, whatever a policy says.
+        let verdict = if message.topic.starts_with('$') {
+            Pending::Ready(Verdict::Deny(crate::policy::Denial::not_authorized()))
+        } else {
+            self.shared.policy.authorize_publish(
+                &self.client,
+                &self.identity,
+                message.publish_info(),
+            )
+        };
+        self.then(verdict, a, Self::publish_authorized)
+    }
+
+    /// The broker's own checks of an inbound PUBLISH, in the specification's order; `Err` is
+    /// what to do instead of forwarding it.
+    fn check_publish(&mut self, mut p: Publish) -> Result<Accepting, Option<End>> {
         let limits = &self.shared.config.limits;
         self.shared.metrics.publish_received(p.payload.len());
 
         if !p.properties.subscription_identifiers.is_empty() {
-            return closed(ReasonCode::PROTOCOL_ERROR); // MQTT-3.3.4-6
+            return Err(closed(ReasonCode::PROTOCOL_ERROR)); // MQTT-3.3.4-6
         }
         // Topic alias (section 3.3.2.3.4).
         if let Some(alias) = p.properties.topic_alias.take() {
             if alias == 0 || alias > limits.topic_alias_maximum {
-                return closed(ReasonCode::TOPIC_ALIAS_INVALID); // MQTT-3.2.2-17, section 3.3.4
+                return Err(closed(ReasonCode::TOPIC_ALIAS_INVALID)); // MQTT-3.2.2-17, section 3.3.4
             }
             let slot = usize::from(alias - 1);
+            let aliases = &mut self.aliases.get_or_insert_default().inbound;
             if p.topic.is_empty() {
-                match self.inbound_aliases.get(slot).cloned().flatten() {
+                match aliases.get(slot).cloned().flatten() {
                     Some(t) => p.topic = t,
-                    None => return closed(ReasonCode::PROTOCOL_ERROR),
+                    None => return Err(closed(ReasonCode::PROTOCOL_ERROR)),
                 }
             } else {
-                if self.inbound_aliases.len() <= slot {
-                    self.inbound_aliases.resize(slot + 1, None);
+                if aliases.len() <= slot {
+                    aliases.resize(slot + 1, None);
                 }
-                self.inbound_aliases[slot] = Some(p.topic.clone());
+                aliases[slot] = Some(p.topic.clone());
             }
         } else if p.topic.is_empty() {
-            return closed(ReasonCode::PROTOCOL_ERROR);
+            return Err(closed(ReasonCode::PROTOCOL_ERROR));
         }
         if topic::validate_topic_name(&p.topic).is_err() {
-            return closed(ReasonCode::TOPIC_NAME_INVALID);
+            return Err(closed(ReasonCode::TOPIC_NAME_INVALID));
         }
         if !self.shared.topic_within_limits(&p.topic) {
             self.shared.metrics.limit_hit(Limit::TopicLimits);
-            return closed(ReasonCode::TOPIC_NAME_INVALID);
+            return Err(closed(ReasonCode::TOPIC_NAME_INVALID));
         }
         if p.qos > limits.maximum_qos {
-            return closed(ReasonCode::QOS_NOT_SUPPORTED); // MQTT-3.2.2-11
+            return Err(closed(ReasonCode::QOS_NOT_SUPPORTED)); // MQTT-3.2.2-11
         }
         if p.retain && !limits.retain_available {
-            return closed(ReasonCode::RETAIN_NOT_SUPPORTED); // MQTT-3.2.2-14
+            return Err(closed(ReasonCode::RETAIN_NOT_SUPPORTED)); // MQTT-3.2.2-14
         }
         if p.qos == QoS::ExactlyOnce {
             let id = p.packet_id.unwrap_or(0);
@@ -157,10 +241,10 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
                 // (MQTT-4.3.3-9 / method A of section 4.3.3).
                 let r = self.response(id, ReasonCode::SUCCESS, None);
                 self.send(&Packet::PubRec(r));
-                return None;
+                return Err(None);
             }
             if self.state.inbound_qos2.len() >= usize::from(limits.receive_maximum) {
-                return closed(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED); // MQTT-3.3.4-7
+                return Err(closed(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED)); // MQTT-3.3.4-7
             }
         }
         if p.properties.payload_format_indicator == Some(1)
@@ -176,11 +260,9 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
                 ReasonCode::PAYLOAD_FORMAT_INVALID,
                 Some("payload is not UTF-8"),
             );
-            return None;
+            return Err(None);
         }
 
-        // The packet becomes the shared message now, so that nothing as large as a decoded
-        // PUBLISH is held across the waits below (they sit in every connection's task).
         let packet_id = p.packet_id;
         let qos = p.qos;
         let message = Arc::new(Message::from_publish(
@@ -188,24 +270,19 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             Some(self.client.client_id.clone()),
             limits.max_message_expiry,
         ));
+        Ok(Accepting {
+            message,
+            packet_id,
+            qos,
+        })
+    }
 
-        // Broker rule first: `$` topics belong to the broker, whatever a policy says.
-        let verdict = if message.topic.starts_with('$') {
-            Verdict::Deny(crate::policy::Denial::not_authorized())
-        } else {
-            let info = PublishInfo {
-                topic: &message.topic,
-                qos,
-                retain: message.retain,
-                payload_len: message.payload.len(),
-                user_properties: &message.properties.user_properties,
-            };
-            self.shared
-                .policy
-                .authorize_publish(&self.client, &self.identity, info)
-                .get()
-                .await
-        };
+    fn publish_authorized(&mut self, a: Accepting, verdict: Verdict) -> Handled<'_> {
+        let Accepting {
+            message,
+            packet_id,
+            qos,
+        } = a;
         if let Verdict::Deny(d) = verdict {
             self.shared
                 .metrics
@@ -213,7 +290,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             // Only a message the policy gave: a bare 0x87 says "not authorized" already, and
             // some clients (Paho's interop test client) reject a PUBACK with properties.
             self.refuse_publish(packet_id, qos, d.reason, d.message.as_deref());
-            return None;
+            return Handled::Done(None);
         }
 
         // Retained first: a new subscriber must never get a stale retained copy after this
@@ -228,7 +305,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
                     self.shared.metrics.limit_hit(Limit::Retained);
                     let why = Some("retained message quota exceeded");
                     self.refuse_publish(packet_id, qos, ReasonCode::QUOTA_EXCEEDED, why);
-                    return None;
+                    return Handled::Done(None);
                 }
             },
         };
@@ -240,10 +317,14 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         // The store accepts the message (and, for persistent subscribers, its queue entries)
         // before it is acknowledged; the acknowledgement waits in `acks` meanwhile. A store
         // that refuses at once means the message was not routed.
-        let routed = self
-            .shared
-            .publish_paced(message, &self.me, acceptance, &mut self.congested);
-        let id = packet_id?;
+        let (routed, congested) =
+            backpressure::publish(&self.shared, message, &self.me, acceptance);
+        if let Some(congested) = congested {
+            self.pause(congested);
+        }
+        let Some(id) = packet_id else {
+            return Handled::Done(None);
+        };
         let (reason, stored) = match routed {
             Ok(r) if r.count == 0 && self.version == ProtocolVersion::V5 => {
                 (ReasonCode::NO_MATCHING_SUBSCRIBERS, r.stored)
@@ -261,7 +342,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         if qos == QoS::ExactlyOnce {
             self.state.inbound_qos2.insert(id);
         }
-        self.acknowledge_when(stored, id, qos, reason)
+        Handled::Done(self.acknowledge_when(stored, id, qos, reason))
     }
 
     /// Whether this session's QoS 1/2 state is journaled (persistent, and a store that
@@ -287,20 +368,20 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         None
     }
 
-    async fn on_pubrec(&mut self, r: PubResponse) -> Option<End> {
+    fn on_pubrec(&mut self, r: PubResponse) -> Handled<'_> {
         let Some(i) = self.state.find_outbound(r.packet_id) else {
             // MQTT 5: PUBREL with 0x92 for an unknown id (section 3.6.2.1).
             let resp = self.response(r.packet_id, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND, None);
             self.send(&Packet::PubRel(resp));
-            return None;
+            return Handled::Done(None);
         };
         if self.state.outbound[i].delivery.qos != QoS::ExactlyOnce {
-            return closed(ReasonCode::PROTOCOL_ERROR);
+            return Handled::Done(closed(ReasonCode::PROTOCOL_ERROR));
         }
         if r.reason_code.is_error() {
             // The receiver refused it: the exchange ends here (section 4.3.3).
             self.outbound_done(i);
-            return None;
+            return Handled::Done(None);
         }
         let o = &mut self.state.outbound[i];
         let first = o.phase == Phase::Published;
@@ -313,12 +394,18 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
                 client_id: self.client.client_id.clone(),
                 seq,
             };
-            if let Err(e) = self.shared.store.apply(change).get().await {
-                tracing::error!(client = %self.client.client_id, error = %e, "could not journal a PUBREC");
-            }
+            let stored = self.shared.store.apply(change);
+            return self.then(stored, r.packet_id, Self::pubrec_journaled);
         }
-        self.send(&Packet::PubRel(PubResponse::success(r.packet_id)));
-        None
+        self.pubrec_journaled(r.packet_id, Ok(()))
+    }
+
+    fn pubrec_journaled(&mut self, packet_id: u16, stored: Result<(), StoreError>) -> Handled<'_> {
+        if let Err(e) = stored {
+            tracing::error!(client = %self.client.client_id, error = %e, "could not journal a PUBREC");
+        }
+        self.send(&Packet::PubRel(PubResponse::success(packet_id)));
+        Handled::Done(None)
     }
 
     fn on_pubcomp(&mut self, r: PubResponse) -> Option<End> {
@@ -330,7 +417,7 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         None
     }
 
-    async fn on_pubrel(&mut self, r: PubResponse) -> Option<End> {
+    fn on_pubrel(&mut self, r: PubResponse) -> Handled<'_> {
         // MQTT-4.3.3-11: PUBCOMP with the same id, even for one we no longer know (v5: 0x92).
         let known = self.state.inbound_qos2.remove(&r.packet_id);
         if known && self.journaled() {
@@ -340,10 +427,20 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
                 client_id: self.client.client_id.clone(),
                 packet_id: r.packet_id,
             };
-            if let Err(e) = self.shared.store.apply(change).get().await {
-                tracing::error!(client = %self.client.client_id, error = %e, "could not journal a PUBREL");
-            }
+            let stored = self.shared.store.apply(change);
+            return self.then(stored, r.packet_id, Self::pubrel_journaled);
         }
+        self.pubrel_answered(r.packet_id, known)
+    }
+
+    fn pubrel_journaled(&mut self, packet_id: u16, stored: Result<(), StoreError>) -> Handled<'_> {
+        if let Err(e) = stored {
+            tracing::error!(client = %self.client.client_id, error = %e, "could not journal a PUBREL");
+        }
+        self.pubrel_answered(packet_id, true)
+    }
+
+    fn pubrel_answered(&mut self, packet_id: u16, known: bool) -> Handled<'_> {
         let reason = if known {
             ReasonCode::SUCCESS
         } else if self.version == ProtocolVersion::V5 {
@@ -351,9 +448,9 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
         } else {
             ReasonCode::SUCCESS
         };
-        let resp = self.response(r.packet_id, reason, None);
+        let resp = self.response(packet_id, reason, None);
         self.send(&Packet::PubComp(resp));
-        None
+        Handled::Done(None)
     }
 
     async fn on_subscribe(&mut self, s: Subscribe) -> Option<End> {

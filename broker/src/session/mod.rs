@@ -20,6 +20,8 @@
 //! - `inbound`: one handler per packet a client sends.
 //! - `throttle`: the publish rate limits of one connection.
 //! - `acks`: PUBACK/PUBREC that wait, in order, for their message to be durable.
+//! - `io`: the socket: reads and writes in one poll, buffers allocated only while in use.
+//! - `keepalive`: one broker task that enforces every connection's keep alive.
 //! - `outbound`: from mailbox to wire: inflight window, packet ids, topic aliases, expiry.
 //! - `backpressure`: a publisher waiting for the full mailboxes it routed to.
 
@@ -28,6 +30,8 @@ mod backpressure;
 mod connection;
 mod handshake;
 mod inbound;
+mod io;
+pub(crate) mod keepalive;
 mod outbound;
 pub mod state;
 mod throttle;
@@ -35,13 +39,12 @@ mod throttle;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 
 use bytestring::ByteString;
 use parking_lot::Mutex;
 use smallvec::SmallVec;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::codec::{QoS, ReasonCode};
 use crate::config::QueueOverflow;
@@ -117,30 +120,39 @@ struct Mailbox {
     taken: u64,
 }
 
-/// Tells a serving connection to close, with the reason code its client gets.
-#[derive(Default)]
+/// The broker's handle on a serving connection: tells it to close, with the reason code its
+/// client gets, and holds its keep-alive deadline (see `keepalive`). Whoever fires it also
+/// wakes the session ([`Session::attach`], [`Session::kick_if`]); the connection reads the
+/// reason each time it wakes.
 pub(crate) struct Kick {
-    reason: Mutex<Option<ReasonCode>>,
-    notify: Notify,
+    /// 0 until fired; then 0x100 | the reason code (the first reason wins).
+    reason: AtomicU16,
+    /// Milliseconds on the broker's clock after which the keep alive has run out.
+    deadline: AtomicU64,
 }
 
 impl Kick {
-    pub(crate) fn fire(&self, reason: ReasonCode) {
-        self.reason.lock().get_or_insert(reason);
-        self.notify.notify_one();
-    }
-
-    pub(crate) async fn wait(&self) -> ReasonCode {
-        loop {
-            if let Some(r) = self.fired() {
-                return r;
-            }
-            self.notify.notified().await;
+    pub(crate) fn new() -> Kick {
+        Kick {
+            reason: AtomicU16::new(0),
+            deadline: AtomicU64::new(keepalive::NEVER),
         }
     }
 
+    pub(crate) fn fire(&self, reason: ReasonCode) {
+        let _ = self.reason.compare_exchange(
+            0,
+            0x100 | u16::from(reason.0),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
     pub(crate) fn fired(&self) -> Option<ReasonCode> {
-        *self.reason.lock()
+        match self.reason.load(Ordering::Acquire) {
+            0 => None,
+            r => Some(ReasonCode(r as u8)),
+        }
     }
 }
 
@@ -155,9 +167,11 @@ pub struct Session {
     /// The connection currently serving this session, and a counter bumped by every new one
     /// (so a timer set by an old connection can tell that it is stale).
     conn: Mutex<(u64, Option<Arc<Kick>>)>,
-    /// Cancelled once the session has ended; deliveries to it are dropped and a delayed will
-    /// waiting on it is published at once (MQTT-3.1.3-9).
-    pub(crate) ended: CancellationToken,
+    /// Set once the session has ended; deliveries to it are dropped and a delayed will
+    /// waiting on it is published at once (MQTT-3.1.3-9). (A flag and a `Notify` rather than
+    /// a `CancellationToken`, which would be an allocation of its own per session.)
+    ended: AtomicBool,
+    end_signal: Notify,
     /// Its QoS 1/2 deliveries are journaled (a persistent session, and a store that keeps
     /// messages).
     journaled: AtomicBool,
@@ -179,7 +193,8 @@ impl Session {
             drained: Notify::new(),
             state: Arc::new(tokio::sync::Mutex::new(state)),
             conn: Mutex::new((0, None)),
-            ended: CancellationToken::new(),
+            ended: AtomicBool::new(false),
+            end_signal: Notify::new(),
             journaled: AtomicBool::new(false),
         })
     }
@@ -204,7 +219,7 @@ impl Session {
     /// delivery the mailbox did not keep (the new one, or the oldest it dropped), so the
     /// caller can take a journaled one out of the store.
     pub fn deliver(&self, delivery: Delivery, metrics: &Metrics, pushback: bool) -> Delivered {
-        if self.ended.is_cancelled() {
+        if self.is_ended() {
             return Delivered::dropped(delivery);
         }
         let mut mb = self.mailbox.lock();
@@ -229,9 +244,11 @@ impl Session {
         mb.queue.push_back(delivery);
         metrics.queued_added();
         let full = push_back && mb.queue.len() >= max;
-        let online = mb.online;
+        // Only the first delivery into an empty mailbox wakes the connection: it drains the
+        // mailbox whenever it wakes, and what it leaves waits for its own window or socket.
+        let wake = mb.online && mb.queue.len() == 1;
         drop(mb);
-        if online {
+        if wake {
             self.wake.notify_one();
         }
         Delivered { full, dropped }
@@ -280,7 +297,7 @@ impl Session {
     /// waiter, so enable its [`Session::drained`] future before asking.
     pub(crate) fn congestion(&self) -> Option<u64> {
         let mut mb = self.mailbox.lock();
-        let pushes_back = mb.online && !mb.slow && !self.ended.is_cancelled();
+        let pushes_back = mb.online && !mb.slow && !self.is_ended();
         if !pushes_back || mb.queue.len() <= mb.limits.low_water() {
             return None;
         }
@@ -303,7 +320,8 @@ impl Session {
         self.drained.notify_waiters();
     }
 
-    /// Waits until a delivery arrives for an online session.
+    /// Waits until the serving connection has something to do: a delivery arrived in an empty
+    /// mailbox, or it was kicked.
     pub(crate) async fn woken(&self) {
         self.wake.notified().await
     }
@@ -314,9 +332,21 @@ impl Session {
         let mut conn = self.conn.lock();
         if let Some(old) = conn.1.replace(kick) {
             old.fire(reason);
+            self.wake.notify_one();
         }
         conn.0 += 1;
         conn.0
+    }
+
+    /// Closes the serving connection, if any and if `test` says so, telling its client
+    /// `reason`.
+    pub(crate) fn kick_if(&self, reason: ReasonCode, test: impl FnOnce(&Kick) -> bool) {
+        if let Some(kick) = &self.conn.lock().1
+            && test(kick)
+        {
+            kick.fire(reason);
+            self.wake.notify_one();
+        }
     }
 
     /// Forgets the serving connection if it is still generation `generation`; true if so.
@@ -338,9 +368,26 @@ impl Session {
         self.conn.lock().1.is_some()
     }
 
+    pub(crate) fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the session has ended.
+    pub(crate) async fn ended(&self) {
+        loop {
+            let mut signal = std::pin::pin!(self.end_signal.notified());
+            signal.as_mut().enable();
+            if self.is_ended() {
+                return;
+            }
+            signal.await;
+        }
+    }
+
     /// Marks the session ended and empties its mailbox.
     pub(crate) fn end(&self, metrics: &Metrics) {
-        self.ended.cancel();
+        self.ended.store(true, Ordering::Release);
+        self.end_signal.notify_waiters();
         let mut mb = self.mailbox.lock();
         metrics.queued_removed(mb.queue.len());
         mb.queue.clear();

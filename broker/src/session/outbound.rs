@@ -5,6 +5,7 @@
 //! order. A delivery whose message expired while it waited is dropped (MQTT-3.3.2-5), and one
 //! too large for the client is dropped as if sent (MQTT-3.1.2-25).
 
+use std::cell::Cell;
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -14,92 +15,124 @@ use super::connection::{Conn, WRITE_HIGH_WATER};
 use super::state::{Outbound, Phase};
 use crate::codec::{Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS};
 use crate::metrics::DropCause;
-use crate::store::Change;
+use crate::pending::Pending;
+use crate::policy::Verdict;
+use crate::store::{Change, StoreError};
 use crate::topic;
 
-impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
     /// True while another QoS 1/2 message may be sent.
     pub(super) fn window_open(&self) -> bool {
-        self.state.outbound.len() < self.send_window
+        self.state.outbound.len() < usize::from(self.send_window)
     }
 
     /// Moves deliveries from the mailbox into the write buffer while the window and the write
     /// buffer allow.
+    ///
+    /// Only the policy's per-delivery checks can wait, and only connections with such a
+    /// subscription make them, in a boxed future: the common path keeps nothing in the task.
     pub(super) async fn pump(&mut self) {
-        let mut batch = std::mem::take(&mut self.scratch);
+        let mut batch = SCRATCH.take();
         // The journal entry of the last QoS 2 packet id assigned: it must be durable before
         // the PUBLISH leaves (the write buffer is flushed only after this returns).
         let mut journaled_id = None;
         while self.wbuf.len() < WRITE_HIGH_WATER && self.window_open() {
-            self.session
+            self.me
+                .0
                 .take_queued(PUMP_BATCH_SIZE, &mut batch, &self.shared.metrics);
             if batch.is_empty() {
                 break;
             }
-            let now = Instant::now();
-            let mut drained = batch.drain(..);
-            for d in drained.by_ref() {
-                if d.message.is_expired(now) {
-                    self.shared.metrics.publish_dropped(DropCause::Expired);
-                    self.shared.dequeue(&self.client.client_id, d.seq);
-                    continue;
-                }
-                if self.check_deliveries && !self.may_deliver(&d.message.topic).await {
-                    self.shared
-                        .metrics
-                        .publish_dropped(DropCause::NotAuthorized);
-                    self.shared.dequeue(&self.client.client_id, d.seq);
-                    continue;
-                }
-                if d.qos == QoS::AtMostOnce {
-                    self.send_delivery(&d, None, false, now);
-                    continue;
-                }
-                if !self.window_open() {
-                    // Keep order: this one and everything after it wait for acknowledgements.
-                    let rest: Vec<Delivery> = std::iter::once(d).chain(drained.by_ref()).collect();
-                    self.session.requeue_front(rest, &self.shared.metrics);
-                    break;
-                }
-                let Some(id) = self.state.next_packet_id() else {
-                    self.session.requeue_front(vec![d], &self.shared.metrics);
-                    break;
-                };
-                if self.send_delivery(&d, Some(id), false, now) {
-                    if d.seq != 0 && d.qos == QoS::ExactlyOnce {
-                        // A QoS 2 message must be resent with the same packet id after a
-                        // restart, or the receiver would take it for a new one.
-                        journaled_id = Some(self.shared.store.apply(Change::Sent {
-                            client_id: self.client.client_id.clone(),
-                            seq: d.seq,
-                            packet_id: id,
-                        }));
-                    }
-                    self.state.outbound.push_back(Outbound {
-                        packet_id: id,
-                        delivery: d,
-                        phase: Phase::Published,
-                    });
-                    self.shared.metrics.inflight_added();
-                } else {
-                    self.shared.dequeue(&self.client.client_id, d.seq);
-                }
+            if self.check_deliveries {
+                Box::pin(self.check_batch(&mut batch)).await;
+            }
+            if let Some(j) = self.send_batch(&mut batch) {
+                journaled_id = Some(j);
             }
         }
-        batch.clear();
-        self.scratch = batch;
+        SCRATCH.set(batch);
         // Changes are durable in order, so waiting for the last covers them all.
-        if let Some(Err(e)) = match journaled_id {
-            Some(p) => Some(p.get().await),
-            None => None,
-        } {
+        if let Some(j) = journaled_id
+            && let Err(e) = j.get().await
+        {
             tracing::error!(client = %self.client.client_id, error = %e, "could not journal a packet id");
         }
     }
 
-    /// Asks the policy about one delivery when a subscription it matches was allowed only with
-    /// "check each delivery", so a wide filter cannot read topics a finer rule denies.
-    async fn may_deliver(&self, topic: &str) -> bool {
+    /// Drops the deliveries the policy refuses (see [`Conn::delivery_check`]).
+    async fn check_batch(&mut self, batch: &mut Vec<Delivery>) {
+        let mut i = 0;
+        while i < batch.len() {
+            let allowed = match self.delivery_check(&batch[i].message.topic) {
+                Some(check) => check.get().await.is_allow(),
+                None => true,
+            };
+            if allowed {
+                i += 1;
+            } else {
+                let d = batch.remove(i);
+                self.shared
+                    .metrics
+                    .publish_dropped(DropCause::NotAuthorized);
+                self.shared.dequeue(&self.client.client_id, d.seq);
+            }
+        }
+    }
+
+    /// Encodes a batch taken from the mailbox, in order; what the window cannot take goes back.
+    /// Returns the journal entry of the last QoS 2 packet id it assigned, if any.
+    fn send_batch(&mut self, batch: &mut Vec<Delivery>) -> Option<Pending<Result<(), StoreError>>> {
+        let mut journaled_id = None;
+        let now = Instant::now();
+        let mut drained = batch.drain(..);
+        for d in drained.by_ref() {
+            if d.message.is_expired(now) {
+                self.shared.metrics.publish_dropped(DropCause::Expired);
+                self.shared.dequeue(&self.client.client_id, d.seq);
+                continue;
+            }
+            if d.qos == QoS::AtMostOnce {
+                self.send_delivery(&d, None, false, now);
+                continue;
+            }
+            if !self.window_open() {
+                // Keep order: this one and everything after it wait for acknowledgements.
+                let rest: Vec<Delivery> = std::iter::once(d).chain(drained.by_ref()).collect();
+                self.me.0.requeue_front(rest, &self.shared.metrics);
+                break;
+            }
+            let Some(id) = self.state.next_packet_id() else {
+                self.me.0.requeue_front(vec![d], &self.shared.metrics);
+                break;
+            };
+            if self.send_delivery(&d, Some(id), false, now) {
+                if d.seq != 0 && d.qos == QoS::ExactlyOnce {
+                    // A QoS 2 message must be resent with the same packet id after a restart,
+                    // or the receiver would take it for a new one.
+                    journaled_id = Some(self.shared.store.apply(Change::Sent {
+                        client_id: self.client.client_id.clone(),
+                        seq: d.seq,
+                        packet_id: id,
+                    }));
+                }
+                self.state.outbound.push_back(Outbound {
+                    packet_id: id,
+                    delivery: d,
+                    phase: Phase::Published,
+                });
+                self.shared.metrics.inflight_added();
+            } else {
+                self.shared.dequeue(&self.client.client_id, d.seq);
+            }
+        }
+        journaled_id
+    }
+
+    /// The policy's answer about one delivery when a subscription it matches was allowed only
+    /// with "check each delivery", so a wide filter cannot read topics a finer rule denies;
+    /// `None` when no such subscription matches. (Not an `async fn`: the connection must not
+    /// be borrowed across the wait, or its socket would have to be `Sync`.)
+    fn delivery_check(&self, topic: &str) -> Option<Pending<Verdict>> {
         let flagged = self.state.subscriptions.iter().any(|(filter, s)| {
             let filter = match topic::parse_shared(filter) {
                 Ok(Some(shared)) => shared.filter,
@@ -107,15 +140,11 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             };
             s.check_each_delivery && topic::matches(filter, topic)
         });
-        if !flagged {
-            return true;
-        }
-        self.shared
-            .policy
-            .authorize_deliver(&self.client, &self.identity, topic)
-            .get()
-            .await
-            .is_allow()
+        flagged.then(|| {
+            self.shared
+                .policy
+                .authorize_deliver(&self.client, &self.identity, topic)
+        })
     }
 
     /// Recomputes whether any subscription asks for deliveries to be checked.
@@ -171,12 +200,13 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             properties.message_expiry_interval = m.remaining_expiry(now);
             properties.subscription_identifiers = d.identifiers.to_vec();
             if self.client_alias_max > 0 {
-                if let Some(&alias) = self.outbound_aliases.get(&topic) {
+                let aliases = &self.aliases.get_or_insert_default().outbound;
+                if let Some(&alias) = aliases.get(&topic) {
                     properties.topic_alias = Some(alias);
                     topic = Default::default();
-                } else if self.outbound_aliases.len() < usize::from(self.client_alias_max) {
+                } else if aliases.len() < usize::from(self.client_alias_max) {
                     // Recorded only once the packet is really sent, below.
-                    new_alias = Some(self.outbound_aliases.len() as u16 + 1);
+                    new_alias = Some(aliases.len() as u16 + 1);
                     properties.topic_alias = new_alias;
                 }
             }
@@ -197,11 +227,17 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
             return false;
         }
         if let Some(alias) = new_alias {
-            self.outbound_aliases.insert(m.topic.clone(), alias);
+            let aliases = self.aliases.get_or_insert_default();
+            aliases.outbound.insert(m.topic.clone(), alias);
         }
         self.shared.metrics.publish_sent(m.payload.len());
         true
     }
+}
+
+thread_local! {
+    /// The batch buffer of `pump`, reused per worker thread rather than kept per connection.
+    static SCRATCH: Cell<Vec<Delivery>> = const { Cell::new(Vec::new()) };
 }
 
 /// Deliveries taken from the mailbox at a time.

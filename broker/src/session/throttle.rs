@@ -55,7 +55,7 @@ impl Throttle {
     }
 }
 
-impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
     /// How long this PUBLISH of `payload` bytes must wait to keep the client within its
     /// publish rate; `None` when it may go at once (always, without publish limits).
     pub(super) fn publish_wait(&mut self, payload: usize) -> Option<Duration> {
@@ -68,11 +68,18 @@ impl<IO: AsyncRead + AsyncWrite> Conn<IO> {
     /// every connection's task.
     pub(super) async fn throttled(&mut self, wait: Duration) -> bool {
         self.shared.metrics.limit_hit(Limit::PublishRate);
-        let kick = self.kick.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => true,
-            _ = kick.wait() => false,
-            _ = self.shared.shutdown.cancelled() => false,
+        let session = self.me.0.clone();
+        let mut sleep = std::pin::pin!(tokio::time::sleep(wait));
+        loop {
+            // The session's wake-up also announces deliveries; only a kick ends the wait.
+            tokio::select! {
+                _ = &mut sleep => return true,
+                _ = session.woken() => {
+                    if self.kick.fired().is_some() {
+                        return false;
+                    }
+                }
+            }
         }
     }
 }
