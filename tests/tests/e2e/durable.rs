@@ -97,7 +97,7 @@ impl Drop for BrokerProcess {
 }
 
 /// The address in the broker's "listening" log line.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
+pub(crate) fn listening_addr(line: &str) -> Option<SocketAddr> {
     if !line.contains("listening") {
         return None;
     }

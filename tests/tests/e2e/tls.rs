@@ -551,8 +551,8 @@ async fn a_stalled_tls_handshake_is_closed_at_its_deadline() {
 }
 
 /// The certificate a fresh client is shown, as DER.
-async fn served_certificate(b: &TestBroker, ca: &Ca) -> Vec<u8> {
-    let stream = certs::connect(b.addr, "localhost", certs::client_config(ca, None))
+async fn served_certificate(addr: std::net::SocketAddr, ca: &Ca) -> Vec<u8> {
+    let stream = certs::connect(addr, "localhost", certs::client_config(ca, None))
         .await
         .expect("handshake");
     stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
@@ -567,7 +567,7 @@ async fn certificates_reload_without_dropping_connections() {
     let mut tls = pki.tls();
     tls.reload_interval = Duration::from_secs(1);
     let b = start(listener(Protocol::Tls, Some(tls))).await;
-    assert_eq!(served_certificate(&b, &pki.ca).await, pki.server.der);
+    assert_eq!(served_certificate(b.addr, &pki.ca).await, pki.server.der);
 
     // A client connected and subscribed before the rotation.
     let stream = certs::connect(b.addr, "localhost", certs::client_config(&pki.ca, None))
@@ -585,7 +585,7 @@ async fn certificates_reload_without_dropping_connections() {
     pki.files.write("server.key", &second.key_pem);
     pki.files.write("server.pem", &second.cert_pem);
     let deadline = std::time::Instant::now() + WAIT * 2;
-    while served_certificate(&b, &pki.ca).await != second.der {
+    while served_certificate(b.addr, &pki.ca).await != second.der {
         assert!(
             std::time::Instant::now() < deadline,
             "file change not picked up"
@@ -597,11 +597,11 @@ async fn certificates_reload_without_dropping_connections() {
     let third = pki.ca.server(&[]);
     pki.files.write("server.pem", &third.cert_pem);
     assert_eq!(b.broker.reload_certificates(), 0);
-    assert_eq!(served_certificate(&b, &pki.ca).await, second.der);
+    assert_eq!(served_certificate(b.addr, &pki.ca).await, second.der);
     // Completed, an explicit reload (what SIGHUP does) takes it.
     pki.files.write("server.key", &third.key_pem);
     assert_eq!(b.broker.reload_certificates(), 1);
-    assert_eq!(served_certificate(&b, &pki.ca).await, third.der);
+    assert_eq!(served_certificate(b.addr, &pki.ca).await, third.der);
 
     // The old connection never noticed.
     let stream = certs::connect(b.addr, "localhost", certs::client_config(&pki.ca, None))
@@ -617,4 +617,83 @@ async fn certificates_reload_without_dropping_connections() {
         other => panic!("old connection lost: {other:?}"),
     }
     b.stop().await;
+}
+
+/// SIGHUP to the real `moat` process reloads the certificates (here the file check is off, so
+/// only the signal can have done it) while a connected client carries on.
+#[tokio::test]
+async fn sighup_reloads_certificates_in_the_running_binary() {
+    use std::io::BufRead;
+    let pki = Pki::new();
+    let config = pki.files.write(
+        "moat.toml",
+        &format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\nprotocol = \"tls\"\n[listener.tls]\n\
+             cert = {:?}\nkey = {:?}\nreload_interval = 0\n\
+             [storage]\nbackend = \"memory\"\n[sys]\ninterval = 0\n[log]\nfilter = \"info\"\n",
+            pki.files.path("server.pem"),
+            pki.files.path("server.key"),
+        ),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_moat-test-broker"))
+        .arg("--config")
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the broker binary runs");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx
+            .recv_timeout(WAIT * 4)
+            .expect("the broker logs its address");
+        if let Some(addr) = crate::durable::listening_addr(&line) {
+            break addr;
+        }
+    };
+    assert_eq!(served_certificate(addr, &pki.ca).await, pki.server.der);
+    let stream = certs::connect(addr, "localhost", certs::client_config(&pki.ca, None))
+        .await
+        .unwrap();
+    let mut old = RawClient::over(stream, ProtocolVersion::V5);
+    let ack = old
+        .connack(raw_connect_packet(ProtocolVersion::V5, "before-hup", true))
+        .await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+
+    let second = pki.ca.server(&[]);
+    pki.files.write("server.key", &second.key_pem);
+    pki.files.write("server.pem", &second.cert_pem);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        served_certificate(addr, &pki.ca).await,
+        pki.server.der,
+        "no reload without SIGHUP"
+    );
+    // SAFETY: kill(2) with our own child's pid and a valid signal number.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    let deadline = std::time::Instant::now() + WAIT;
+    while served_certificate(addr, &pki.ca).await != second.der {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    old.send(&moat::codec::Packet::PingReq).await;
+    assert_eq!(old.recv().await, Some(moat::codec::Packet::PingResp));
+    let _ = child.kill();
+    let _ = child.wait();
 }
