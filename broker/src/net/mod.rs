@@ -164,7 +164,7 @@ impl Listener {
 
     /// Safe defaults: unencrypted MQTT off the loopback interface is worth a loud word.
     fn warn_if_exposed(&self) {
-        if !self.addr.ip().is_loopback() && !self.config.protocol.is_tls() {
+        if exposed(self.addr, self.config.protocol) {
             tracing::warn!(
                 listener = %self.name,
                 addr = %self.addr,
@@ -196,6 +196,18 @@ impl Listener {
     fn plain(&self) -> bool {
         self.config.protocol == Protocol::Tcp && self.config.proxy_protocol_from.is_empty()
     }
+}
+
+/// Whether a listener on `addr` sends MQTT in clear text beyond this machine: a `tcp` or `ws`
+/// listener on anything but a loopback address (an IPv4-mapped IPv6 loopback included).
+fn exposed(addr: SocketAddr, protocol: Protocol) -> bool {
+    let loopback = match addr.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+        ip => ip.is_loopback(),
+    };
+    !loopback && !protocol.is_tls()
 }
 
 /// Accepts connections until shutdown.
@@ -388,4 +400,28 @@ pub fn reload_certificates(listeners: &[Arc<Listener>], force: bool) -> usize {
         }
     }
     reloaded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_clear_text_off_loopback_is_exposed() {
+        let at = |a: &str| a.parse::<SocketAddr>().unwrap();
+        for (addr, protocol, expected) in [
+            ("0.0.0.0:1883", Protocol::Tcp, true),
+            ("[::]:1883", Protocol::Ws, true),
+            ("192.0.2.1:1883", Protocol::Tcp, true),
+            ("0.0.0.0:8883", Protocol::Tls, false),
+            ("[::]:8443", Protocol::Wss, false),
+            ("127.0.0.1:1883", Protocol::Tcp, false),
+            ("127.8.9.10:1883", Protocol::Ws, false),
+            ("[::1]:1883", Protocol::Tcp, false),
+            ("[::ffff:127.0.0.1]:1883", Protocol::Tcp, false),
+            ("[::ffff:192.0.2.1]:1883", Protocol::Tcp, true),
+        ] {
+            assert_eq!(exposed(at(addr), protocol), expected, "{addr} {protocol:?}");
+        }
+    }
 }

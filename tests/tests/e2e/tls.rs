@@ -149,7 +149,8 @@ fn handshake_done(out: &str) -> bool {
         && out.contains("Server certificate")
 }
 
-/// TLS 1.2 and 1.3 are served, with ALPN `mqtt`; TLS 1.1 is refused. The refusal is shown to
+/// TLS 1.2 and 1.3 are served, with ALPN `mqtt`; TLS 1.1 is refused, and with
+/// `min_version = "1.3"` TLS 1.2 as well. The refusal is shown to
 /// be the broker's: the same OpenSSL client, configured to allow TLS 1.1, completes a TLS 1.1
 /// handshake with `openssl s_server`.
 #[tokio::test]
@@ -190,6 +191,16 @@ async fn tls_12_and_13_are_served_with_alpn_mqtt_and_tls_11_is_refused() {
     let (_, out) = s_client(b.port(), &pki, &["-tls1_1"], Some(&cnf)).await;
     assert!(!handshake_done(&out), "TLS 1.1 must be refused: {out}");
     assert!(b.broker.metrics().limited(Limit::TlsHandshake) > refused_before);
+    b.stop().await;
+
+    // min_version = "1.3": TLS 1.2 is refused too.
+    let mut tls = pki.tls();
+    tls.min_version = moat::config::TlsVersion::V1_3;
+    let b = start(listener(Protocol::Tls, Some(tls))).await;
+    let (_, out) = s_client(b.port(), &pki, &["-tls1_2"], None).await;
+    assert!(!handshake_done(&out), "TLS 1.2 must be refused: {out}");
+    let (_, out) = s_client(b.port(), &pki, &["-tls1_3"], None).await;
+    assert!(handshake_done(&out), "{out}");
     b.stop().await;
 }
 
