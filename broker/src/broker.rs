@@ -24,11 +24,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::codec::{ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionOptions, Will};
-use crate::config::Config;
+use crate::config::{Config, ForeignSession};
 use crate::message::{Message, MessageProperties, cap_expiry};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::pending::Pending;
-use crate::policy::{AllowAll, ClientInfo, Identity, Policy, Verdict};
+use crate::policy::{AllowAll, ClientInfo, Denial, Identity, Policy, PublishKind, Verdict};
 use crate::router::{RetainedIndex, Route, SubscriptionTree};
 use crate::session::{Delivery, Kick, MailboxLimits, Session, SessionRef, SessionState};
 use crate::store::{Change, MemoryStore, Store, StoreError, Target, WillRecord};
@@ -351,32 +351,49 @@ impl Shared {
 
     /// Finds or creates the session for a connecting client and takes it from any connection
     /// serving it (MQTT-3.1.4-3: that one is closed with 0x8E). With `clean_start` an existing
-    /// session is ended first (MQTT-3.1.2-4). `None` when an even newer connection for the
-    /// same client id took the session while this one waited.
+    /// session is ended first (MQTT-3.1.2-4).
+    ///
+    /// A session belongs to the principal that created it: another principal presenting the
+    /// same client identifier is refused with 0x87 (`security.foreign_session = "refuse"`, the
+    /// default) or ends it and starts afresh (`"replace"`), so knowing a client identifier is
+    /// never enough to read someone else's queued messages. Refused too when an even newer
+    /// connection for the same client id took the session while this one waited.
     pub(crate) async fn take_session(
         &self,
         client_id: &ByteString,
+        principal: &ByteString,
         clean_start: bool,
         version: ProtocolVersion,
         kick: Arc<Kick>,
-    ) -> Option<(
-        Arc<Session>,
-        tokio::sync::OwnedMutexGuard<SessionState>,
-        bool,
-        u64,
-    )> {
+    ) -> Result<
+        (
+            Arc<Session>,
+            tokio::sync::OwnedMutexGuard<SessionState>,
+            bool,
+            u64,
+        ),
+        Denial,
+    > {
+        let superseded = || Denial {
+            // 0x8E is a DISCONNECT code, not a CONNACK one (MQTT-3.2.2-8).
+            reason: ReasonCode::UNSPECIFIED_ERROR,
+            message: Some("a newer connection with this client identifier took the session".into()),
+        };
         loop {
             if kick.fired().is_some() {
-                return None;
+                return Err(superseded());
             }
             let existing = self.sessions.lock().get(client_id).cloned();
             let Some(old) = existing else {
                 let session = Session::new(
                     client_id.clone(),
+                    principal.clone(),
                     SessionState::new(version, 0),
                     self.mailbox_limits(),
                 );
-                let guard = session.state.clone().try_lock_owned().ok()?;
+                let Ok(guard) = session.state.clone().try_lock_owned() else {
+                    return Err(superseded());
+                };
                 {
                     let mut map = self.sessions.lock();
                     if map.contains_key(client_id) {
@@ -385,8 +402,15 @@ impl Shared {
                     map.insert(client_id.clone(), session.clone());
                 }
                 let generation = session.attach(kick, ReasonCode::SESSION_TAKEN_OVER);
-                return Some((session, guard, false, generation));
+                return Ok((session, guard, false, generation));
             };
+            let foreign = !old.owned_by(principal);
+            if foreign && self.config.security.foreign_session == ForeignSession::Refuse {
+                return Err(Denial {
+                    reason: ReasonCode::NOT_AUTHORIZED,
+                    message: Some("this client identifier belongs to another principal".into()),
+                });
+            }
             // Registering first means the old connection, when it ends, sees that the session
             // is no longer its to end or expire.
             let was_offline = !old.is_attached();
@@ -401,15 +425,16 @@ impl Shared {
                 continue;
             }
             // A session whose expiry is 0 ends with its connection (section 3.1.2.11.2), so a
-            // takeover of it starts afresh even without clean start.
-            if clean_start || guard.expiry_interval == 0 {
+            // takeover of it starts afresh even without clean start; so does one that belongs
+            // to another principal.
+            if clean_start || foreign || guard.expiry_interval == 0 {
                 self.end_session(&old, &guard).await;
                 continue;
             }
             if was_offline {
                 self.metrics.offline_session_resumed();
             }
-            return Some((old, guard, true, generation));
+            return Ok((old, guard, true, generation));
         }
     }
 
@@ -476,8 +501,8 @@ impl Shared {
     pub fn publish_will(
         self: &Arc<Self>,
         mut will: Will,
-        client: ClientInfo,
-        identity: Identity,
+        client: Arc<ClientInfo>,
+        identity: Arc<Identity>,
         session: Arc<Session>,
         generation: u64,
         session_expiry: u32,
@@ -537,11 +562,17 @@ impl Shared {
         });
     }
 
-    /// Publishes a will message that is due (the policy is asked first, as for any publish).
-    async fn send_will(&self, message: Arc<Message>, client: &ClientInfo, identity: &Identity) {
+    /// Publishes a will message that is due, asking the policy in force now (the will was
+    /// allowed at CONNECT, but the rules may have changed since).
+    async fn send_will(
+        &self,
+        message: Arc<Message>,
+        client: &Arc<ClientInfo>,
+        identity: &Arc<Identity>,
+    ) {
         if let Verdict::Deny(_) = self
             .policy
-            .authorize_publish(client, identity, message.publish_info())
+            .authorize_publish(client, identity, PublishKind::Will, &message)
             .get()
             .await
         {
@@ -632,6 +663,18 @@ pub enum StartError {
     },
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Plugin(#[from] crate::policy::chain::ChainError),
+    #[error(
+        "listener `{name}` on {addr} is not on loopback and {why}; configure an \
+         authenticating plugin for it, or set `allow_anonymous_remote = true` in [security] \
+         if anonymous clients from the network are really wanted"
+    )]
+    AnonymousRemote {
+        name: String,
+        addr: SocketAddr,
+        why: &'static str,
+    },
 }
 
 /// A running broker.
@@ -642,22 +685,62 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts with in-memory state and the allow-all policy, whatever `[storage]` says: for
-    /// tests and embedding, where nothing should be written to disk unless asked for. The
-    /// `moat` command uses [`Broker::open`].
+    /// Starts with in-memory state, whatever `[storage]` says (for tests and embedding, where
+    /// nothing should be written to disk unless asked for), and the configured plugin chain.
+    /// The `moat` command uses [`Broker::open`].
     pub async fn start(config: Config) -> Result<Broker, StartError> {
-        Broker::start_with(config, Arc::new(MemoryStore::new()), Arc::new(AllowAll)).await
+        let policy = Broker::load_policy(&config).await?;
+        Broker::start_with(config, Arc::new(MemoryStore::new()), policy).await
     }
 
     /// Starts as the `moat` command does: with the store `[storage]` configures (by default
-    /// the embedded database in the platform's state directory) and the allow-all policy.
+    /// the embedded database in the platform's state directory) and the configured plugin
+    /// chain.
     pub async fn open(config: Config) -> Result<Broker, StartError> {
+        let policy = Broker::load_policy(&config).await?;
         let storage = config.storage.clone();
         // Opening reads the whole database: off the async threads.
         let store = tokio::task::spawn_blocking(move || crate::store::open(&storage))
             .await
             .map_err(|e| StoreError(format!("the store's start failed: {e}")))??;
-        Broker::start_with(config, store, Arc::new(AllowAll)).await
+        Broker::start_with(config, store, policy).await
+    }
+
+    /// Starts with in-memory state and no security at all ([`AllowAll`]): for embedding
+    /// where something else decides who connects.
+    pub async fn start_allow_all(config: Config) -> Result<Broker, StartError> {
+        Broker::start_with(config, Arc::new(MemoryStore::new()), Arc::new(AllowAll)).await
+    }
+
+    /// The configured plugin chain (with no `[[plugin]]`, the bundled `allow-anonymous` plugin
+    /// on loopback listeners).
+    ///
+    /// Refuses a listener on a non-loopback address that would let clients in without
+    /// credentials, unless `security.allow_anonymous_remote` says so: with no plugin
+    /// authenticating there, or with a chain that lets an anonymous client in.
+    async fn load_policy(config: &Config) -> Result<Arc<dyn Policy>, StartError> {
+        let chain = crate::policy::chain::Chain::load(config).await?;
+        if !config.security.allow_anonymous_remote {
+            for l in config
+                .listeners
+                .iter()
+                .filter(|l| !l.bind.ip().is_loopback())
+            {
+                let why = if !chain.authenticates(&l.name) {
+                    "no plugin authenticates its clients"
+                } else if chain.admits_anonymous(&l.name).await {
+                    "the plugin chain lets clients in without credentials there"
+                } else {
+                    continue;
+                };
+                return Err(StartError::AnonymousRemote {
+                    name: l.name.clone(),
+                    addr: l.bind,
+                    why,
+                });
+            }
+        }
+        Ok(Arc::new(chain))
     }
 
     /// Binds every listener, restores the store's state, and starts serving.
@@ -798,7 +881,7 @@ impl Broker {
         // Serving connections wait on their session alone; one attached after this loop sees
         // the cancelled token when it starts.
         for session in self.shared.sessions.lock().values() {
-            session.kick_if(ReasonCode::SERVER_SHUTTING_DOWN, |_| true);
+            session.kick_if(|_| Some(ReasonCode::SERVER_SHUTTING_DOWN));
         }
         self.shared.tasks.close();
         if tokio::time::timeout(grace, self.shared.tasks.wait())

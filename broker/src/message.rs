@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use crate::codec::{Properties, Publish, QoS};
+use crate::codec::{Properties, Publish, QoS, Will};
 
 /// The properties of a PUBLISH that travel with the message to its subscribers (MQTT 5,
 /// section 3.3.2.3). Topic alias and subscription identifiers are per connection and so are not
@@ -80,14 +80,19 @@ impl Message {
         }
     }
 
-    /// What a policy is told about this message when it is published.
-    pub fn publish_info(&self) -> crate::policy::PublishInfo<'_> {
-        crate::policy::PublishInfo {
-            topic: &self.topic,
-            qos: self.qos,
-            retain: self.retain,
-            payload_len: self.payload.len(),
-            user_properties: &self.properties.user_properties,
+    /// The message a will becomes when it is published, or when it is checked at CONNECT: the
+    /// will's topic, payload and properties, received now.
+    pub fn from_will(will: &Will, publisher: ByteString, max_expiry: Option<u32>) -> Message {
+        let mut properties = will.properties.clone();
+        Message {
+            expiry: cap_expiry(properties.message_expiry_interval, max_expiry),
+            properties: MessageProperties::from_packet(&mut properties),
+            topic: will.topic.clone(),
+            payload: will.payload.clone(),
+            qos: will.qos,
+            retain: will.retain,
+            received: Instant::now(),
+            publisher: Some(publisher),
         }
     }
 

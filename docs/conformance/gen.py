@@ -46,7 +46,7 @@ MISCITED = {
 def exercises_311(o):
     if o.get("python"):
         return "MQTTv311" in o["body"]
-    if o["file"].startswith("broker" + os.sep) and o["module"] and o["module"][0] in AGNOSTIC_MODULES:
+    if o["file"].startswith(("broker" + os.sep, "plugin-sdk" + os.sep)) and o["module"] and o["module"][0] in AGNOSTIC_MODULES:
         return True
     return bool(EXERCISES_311.search(o["name"] + "\n" + o["doc"] + "\n" + o["body"]))
 
@@ -158,6 +158,10 @@ def rust_module(path):
     parts = rel[:-3].split(os.sep)
     if parts[:2] == ["broker", "src"]:
         mods = parts[2:]
+    elif parts[:3] == ["plugin-sdk", "topic", "src"]:
+        # The topic rules live in their own crate, shared with the plugin SDK; they are still
+        # the broker's `topic` module.
+        mods = ["topic"] + parts[3:]
     elif parts[:2] == ["tests", "tests"]:
         mods = parts[2:]
     else:
@@ -341,7 +345,7 @@ def scan():
         if row and row not in d:
             d.append(row)
 
-    rust_files = list(walk(["broker/src", "tests"], (".rs",)))
+    rust_files = list(walk(["broker/src", "plugin-sdk/topic/src", "tests"], (".rs",)))
     py_files = list(walk(["tests"], (".py",)))
     all_fns = []
     for path in rust_files:
@@ -558,7 +562,7 @@ it as 3.1.1 only (`..._v311`), needs no marker; `(3.1.1 and 5.0)` after an id ci
 `MQTT-x family` (a related rule, not that statement) is not a citation. To see the citations:
 
 ```sh
-grep -rn "MQTT-[0-9]" broker/src tests
+grep -rn "MQTT-[0-9]" broker/src plugin-sdk/topic/src tests
 ```
 
 The tables are generated from that grep by a script kept out of the repository

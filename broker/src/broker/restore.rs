@@ -89,7 +89,12 @@ impl Shared {
                     _ => waiting.push(delivery),
                 }
             }
-            let session = Session::new(record.client_id.clone(), state, self.mailbox_limits());
+            let session = Session::new(
+                record.client_id.clone(),
+                record.owner.clone().unwrap_or_default(),
+                state,
+                self.mailbox_limits(),
+            );
             session.set_journaled(self.journal);
             for d in waiting {
                 if let Some(dropped) = session.deliver(d, &self.metrics, false).dropped {
@@ -123,18 +128,18 @@ impl Shared {
     /// from no longer exists.
     fn restore_will(self: &Arc<Self>, will: crate::store::WillRecord, now: u64) {
         let session = self.sessions.lock().get(&will.client_id).cloned();
-        let client = ClientInfo {
+        let client = Arc::new(ClientInfo {
             client_id: will.client_id.clone(),
             username: will.username.clone(),
             remote_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
             listener: Arc::from(""),
             protocol: will.protocol,
             tls: None,
-        };
-        let identity = Identity {
+        });
+        let identity = Arc::new(Identity {
             principal: will.username.clone().unwrap_or_default(),
             ..Identity::default()
-        };
+        });
         let delay = Duration::from_secs(will.publish_at.saturating_sub(now));
         let shared = self.clone();
         self.spawn(async move {

@@ -30,7 +30,7 @@ pub mod packet;
 mod primitives;
 mod properties;
 mod publish;
-mod reason;
+pub(crate) mod reason;
 mod subscribe;
 #[cfg(test)]
 mod tests;

@@ -19,6 +19,7 @@
 
 mod error;
 mod listener;
+mod plugins;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -35,6 +36,10 @@ pub use error::ConfigError;
 pub use listener::{
     ClientCerts, DEFAULT_WS_PATH, IdentityAsUsername, ListenerConfig, Protocol, TlsConfig,
     TlsVersion,
+};
+pub use plugins::{
+    Exhausted, ForeignSession, Grants, HookName, KvGrant, OnFailure, PluginConfig, PluginsConfig,
+    SecurityConfig,
 };
 
 /// A commented example configuration listing every key with its default value. It parses to
@@ -66,6 +71,14 @@ pub struct Config {
     /// `[storage]`: where durable state (retained messages, persistent sessions, their queued
     /// and in-flight messages) is kept, and how durable an acknowledgement is.
     pub storage: StorageConfig,
+    /// `[security]`: rules the broker enforces whatever the plugins say.
+    pub security: SecurityConfig,
+    /// `[plugins]`: settings of the plugin chain as a whole.
+    pub plugins: PluginsConfig,
+    /// `[[plugin]]`: the policy plugins, in the order they are asked. Default: none, which
+    /// means the bundled `allow-anonymous` plugin on the loopback listeners.
+    #[serde(rename = "plugin")]
+    pub plugin_chain: Vec<PluginConfig>,
 }
 
 impl Default for Config {
@@ -77,6 +90,9 @@ impl Default for Config {
             log: LogConfig::default(),
             server: ServerConfig::default(),
             storage: StorageConfig::default(),
+            security: SecurityConfig::default(),
+            plugins: PluginsConfig::default(),
+            plugin_chain: Vec::new(),
         }
     }
 }
@@ -398,7 +414,17 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::from_str_named(&text, &path.display().to_string())
+        let mut config = Config::from_str_named(&text, &path.display().to_string())?;
+        // Plugin files named relative to the configuration file.
+        let base = path.parent().unwrap_or(Path::new(""));
+        for plugin in &mut config.plugin_chain {
+            if let Some(wasm) = &mut plugin.wasm
+                && wasm.is_relative()
+            {
+                *wasm = base.join(&*wasm);
+            }
+        }
+        Ok(config)
     }
 
     /// Parses and checks configuration `text`; `file_name` is only used in error messages.

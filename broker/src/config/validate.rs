@@ -69,6 +69,7 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     }
 
     validate_listeners(config)?;
+    validate_plugins(config)?;
 
     if config
         .storage
@@ -283,6 +284,132 @@ fn validate_listener(l: &ListenerConfig) -> Result<(), (&'static str, String)> {
     }
     if let Some(tls) = &l.tls {
         validate_tls(tls)?;
+    }
+    Ok(())
+}
+
+/// Plugin names unique, one source each, known bundled names and listeners, sane limits.
+fn validate_plugins(config: &Config) -> Result<(), Invalid> {
+    let mut names = HashMap::new();
+    for (i, p) in config.plugin_chain.iter().enumerate() {
+        let at = |key: &str| {
+            KeyPath::keys(&["plugin"])
+                .with(Seg::Index(i))
+                .with(Seg::Key(key.to_owned()))
+        };
+        let bad = |key: &str, message: String| {
+            Err(Invalid {
+                path: at(key),
+                message,
+            })
+        };
+        if p.name.is_empty()
+            || p.name.len() > 64
+            || !p
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return bad(
+                "name",
+                format!(
+                    "must be 1 to 64 letters, digits, '-' or '_', got {:?}",
+                    p.name
+                ),
+            );
+        }
+        if let Some(first) = names.insert(p.name.as_str(), i) {
+            return bad(
+                "name",
+                format!("duplicate plugin name {:?} (also plugin[{first}])", p.name),
+            );
+        }
+        match (&p.wasm, &p.bundled) {
+            (Some(_), Some(_)) => {
+                return bad(
+                    "bundled",
+                    "give either `wasm` or `bundled`, not both".into(),
+                );
+            }
+            (None, None) => {
+                return bad(
+                    "wasm",
+                    "a plugin needs `wasm = \"FILE\"` or `bundled = \"NAME\"`".into(),
+                );
+            }
+            (None, Some(b)) if !crate::policy::wasm::bundled::exists(b) => {
+                return bad(
+                    "bundled",
+                    format!(
+                        "no bundled plugin called {b:?} (there are: {})",
+                        crate::policy::wasm::bundled::names().join(", ")
+                    ),
+                );
+            }
+            _ => {}
+        }
+        if let Some(h) = &p.sha256
+            && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return bad("sha256", "must be 64 hexadecimal digits".into());
+        }
+        if let Some(listeners) = &p.listeners {
+            for l in listeners {
+                if !config.listeners.iter().any(|x| &x.name == l) {
+                    return bad("listeners", format!("no listener called {l:?}"));
+                }
+            }
+        }
+        let ranged = [
+            ("min_instances", u64::from(p.min_instances), 1, 1024),
+            ("max_instances", u64::from(p.max_instances), 1, 1024),
+            ("memory_limit_mib", u64::from(p.memory_limit_mib), 1, 4096),
+            ("cpu_budget_ms", u64::from(p.cpu_budget_ms), 1, 60_000),
+            (
+                "authenticate_timeout_ms",
+                u64::from(p.authenticate_timeout_ms),
+                1,
+                60_000,
+            ),
+            (
+                "authorize_timeout_ms",
+                u64::from(p.authorize_timeout_ms),
+                1,
+                60_000,
+            ),
+        ];
+        for (key, value, min, max) in ranged {
+            if !(min..=max).contains(&value) {
+                return bad(key, format!("must be between {min} and {max}, got {value}"));
+            }
+        }
+        if p.min_instances > p.max_instances {
+            return bad(
+                "min_instances",
+                format!("must not exceed max_instances ({})", p.max_instances),
+            );
+        }
+        if let Some(kv) = &p.grants.kv {
+            let at_kv = |key: &str| {
+                KeyPath::keys(&["plugin"])
+                    .with(Seg::Index(i))
+                    .with(Seg::Key("grants".into()))
+                    .with(Seg::Key("kv".into()))
+                    .with(Seg::Key(key.to_owned()))
+            };
+            if !(1..=10_000_000).contains(&kv.max_entries) {
+                return Err(Invalid {
+                    path: at_kv("max_entries"),
+                    message: format!("must be between 1 and 10000000, got {}", kv.max_entries),
+                });
+            }
+            if !(1..=1 << 30).contains(&kv.max_bytes) {
+                return Err(Invalid {
+                    path: at_kv("max_bytes"),
+                    message: format!("must be between 1 and 1073741824, got {}", kv.max_bytes),
+                });
+            }
+        }
     }
     Ok(())
 }

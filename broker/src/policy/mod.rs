@@ -1,24 +1,43 @@
 //! The policy seam: every security decision the broker takes goes through [`Policy`].
 //!
 //! The session layer asks questions ("may this client connect?", "may it publish here?") and
-//! acts on the answer; it never knows who answered. Today the only implementation is
-//! [`AllowAll`]; the plugin runtime plugs a chain of Wasm components in behind the same trait,
-//! with its decision cache in front, without touching the sessions.
+//! acts on the answer; it never knows who answered. The broker's policy is a [`chain::Chain`]
+//! of Wasm plugins ([`wasm`]); [`AllowAll`] remains for embedding and tests.
 //!
 //! Rules the broker enforces itself, whatever a policy says, stay out of this trait: a client
-//! may never write to a `$` topic, and protocol limits are checked before any policy is asked.
+//! may never write to a `$` topic, a persistent session belongs to the principal that created
+//! it, and protocol limits are checked before any policy is asked.
 //!
 //! Answers come as [`Pending`] so that an immediate answer (allow-all, a cached decision) costs no
-//! allocation, while a plugin that must wait on a directory can still answer later.
+//! allocation, while a plugin that must wait on a directory can still answer later. An allow
+//! carries a [`Grant`]: how long the session may reuse it, and a [`Stamp`] that
+//! [`Policy::is_current`] checks on every reuse, so that a plugin replaced or invalidated since
+//! makes its earlier answers stale at once. The per-session cache is [`cache::DecisionCache`].
+//!
+//! Layout:
+//! - this file: the trait and the questions and answers it speaks;
+//! - `allow_all`: [`AllowAll`];
+//! - [`cache`]: the per-session decision cache;
+//! - [`chain`]: the configured plugins in order, first allow or deny wins;
+//! - [`wasm`]: the Wasm plugin host (engine, instance pools, sandbox limits, host imports).
+
+mod allow_all;
+pub mod cache;
+pub mod chain;
+pub mod wasm;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use bytestring::ByteString;
+use smallvec::SmallVec;
 
 use crate::codec::{ProtocolVersion, QoS, ReasonCode};
+use crate::message::Message;
 use crate::pending::Pending;
+
+pub use allow_all::AllowAll;
 
 /// What the broker knows about a connecting or connected client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,8 +88,12 @@ pub struct Identity {
     pub roles: Vec<ByteString>,
     /// Seconds since the Unix epoch after which the client is disconnected with 0xA0.
     pub expires_at: Option<u64>,
-    /// Opaque state the authenticating policy keeps for itself.
+    /// Opaque state the authenticating plugin keeps for itself; only it gets it back.
     pub session_state: Bytes,
+    /// The plugin that authenticated the client (`None` for a policy that is not a chain).
+    pub authenticated_by: Option<Arc<str>>,
+    /// The format version of `session_state`, from that plugin's manifest.
+    pub state_version: u32,
 }
 
 /// A refusal: the reason code the client is told, and a message for the log (and, when the
@@ -90,21 +113,35 @@ impl Denial {
     }
 }
 
+/// Marks of the policy state an answer was given under: for a chain, the generation of every
+/// plugin that took part in it (those that said "next" too) and the chain's own layout.
+/// [`Policy::is_current`] tells whether they all still hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stamp(pub SmallVec<[(u32, u64); 2]>);
+
+/// An allow: how long the same session may reuse it, and the stamp that must still be current.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// 0: ask again every time.
+    pub cache_seconds: u32,
+    pub stamp: Stamp,
+}
+
 /// The answer to a yes/no question.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Allowed; the broker may reuse this answer for `cache_seconds`.
-    Allow {
-        cache_seconds: u32,
-    },
+    Allow(Grant),
     Deny(Denial),
 }
 
 impl Verdict {
-    pub const ALLOW: Verdict = Verdict::Allow { cache_seconds: 0 };
+    /// An allow that is not to be reused.
+    pub fn allow() -> Verdict {
+        Verdict::Allow(Grant::default())
+    }
 
     pub fn is_allow(&self) -> bool {
-        matches!(self, Verdict::Allow { .. })
+        matches!(self, Verdict::Allow(_))
     }
 }
 
@@ -123,7 +160,12 @@ pub enum SubscribeVerdict {
 /// The outcome of authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthOutcome {
-    Allow(Identity),
+    /// Authenticated as `identity`; with enhanced authentication, `data` goes to the client in
+    /// the CONNACK (or in the AUTH that ends a re-authentication).
+    Allow {
+        identity: Identity,
+        data: Option<Bytes>,
+    },
     Deny(Denial),
     /// MQTT 5 enhanced authentication: send AUTH (0x18) with `data`; the client's answer comes
     /// to [`Policy::continue_auth`] with `state`.
@@ -133,113 +175,64 @@ pub enum AuthOutcome {
     },
 }
 
-/// What a policy is asked about a PUBLISH. The payload is not here: a policy that needs it
-/// asks for it (that arrives with the plugin runtime).
-#[derive(Debug, Clone, Copy)]
-pub struct PublishInfo<'a> {
-    pub topic: &'a str,
-    pub qos: QoS,
-    pub retain: bool,
-    pub payload_len: usize,
-    pub user_properties: &'a [(ByteString, ByteString)],
+/// Why a publish is being checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PublishKind {
+    /// A PUBLISH from the client.
+    Message,
+    /// Its will message: checked at CONNECT, and again when it is published.
+    Will,
 }
 
 /// Every decision the broker delegates. Implementations must be cheap to call concurrently.
+///
+/// Arguments are shared (`Arc`) so that an implementation that must wait can keep them in its
+/// future for the price of a reference count.
 pub trait Policy: Send + Sync + 'static {
     /// A pre-check before authentication (banned addresses, client id rules). Allow here only
     /// means "go on to authenticate".
-    fn on_connect(&self, client: &ClientInfo) -> Pending<Verdict>;
-    fn authenticate(&self, client: &ClientInfo, credentials: &Credentials) -> Pending<AuthOutcome>;
-    /// The next step of an enhanced authentication exchange.
+    fn on_connect(&self, client: &Arc<ClientInfo>) -> Pending<Verdict>;
+    /// Authenticates a connecting client (or an MQTT 5 client re-authenticating).
+    fn authenticate(
+        &self,
+        client: &Arc<ClientInfo>,
+        credentials: Credentials,
+    ) -> Pending<AuthOutcome>;
+    /// The next step of an enhanced authentication exchange: the `state` of the challenge and
+    /// the Authentication Data of the client's AUTH packet.
     fn continue_auth(
         &self,
-        client: &ClientInfo,
+        client: &Arc<ClientInfo>,
         state: Bytes,
-        data: Option<Bytes>,
+        data: Bytes,
     ) -> Pending<AuthOutcome>;
+    /// May the client publish `message` (its topic alias already resolved)?
     fn authorize_publish(
         &self,
-        client: &ClientInfo,
-        identity: &Identity,
-        publish: PublishInfo<'_>,
+        client: &Arc<ClientInfo>,
+        identity: &Arc<Identity>,
+        kind: PublishKind,
+        message: &Arc<Message>,
     ) -> Pending<Verdict>;
+    /// May the client subscribe to `filter` (as sent, `$share/...` included)?
     fn authorize_subscribe(
         &self,
-        client: &ClientInfo,
-        identity: &Identity,
-        filter: &str,
+        client: &Arc<ClientInfo>,
+        identity: &Arc<Identity>,
+        filter: &ByteString,
         qos: QoS,
     ) -> Pending<SubscribeVerdict>;
+    /// May the client receive a message on `topic`? Asked only for subscriptions allowed with
+    /// "check each delivery".
     fn authorize_deliver(
         &self,
-        client: &ClientInfo,
-        identity: &Identity,
-        topic: &str,
+        client: &Arc<ClientInfo>,
+        identity: &Arc<Identity>,
+        topic: &ByteString,
     ) -> Pending<Verdict>;
-}
-
-/// Allows everything except enhanced authentication, which no method is configured for.
-///
-/// This is the default until the plugin runtime lands; with no config the broker only listens
-/// on 127.0.0.1, so only local clients reach it.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct AllowAll;
-
-impl Policy for AllowAll {
-    fn on_connect(&self, _: &ClientInfo) -> Pending<Verdict> {
-        Verdict::ALLOW.into()
-    }
-
-    fn authenticate(&self, client: &ClientInfo, credentials: &Credentials) -> Pending<AuthOutcome> {
-        if credentials.auth_method.is_some() {
-            // A method we do not implement must be refused with 0x8C (section 4.12).
-            return AuthOutcome::Deny(Denial {
-                reason: ReasonCode::BAD_AUTHENTICATION_METHOD,
-                message: Some("no authentication method is configured".into()),
-            })
-            .into();
-        }
-        AuthOutcome::Allow(Identity {
-            principal: client
-                .username
-                .clone()
-                .unwrap_or_else(|| client.client_id.clone()),
-            ..Identity::default()
-        })
-        .into()
-    }
-
-    fn continue_auth(&self, _: &ClientInfo, _: Bytes, _: Option<Bytes>) -> Pending<AuthOutcome> {
-        AuthOutcome::Deny(Denial {
-            reason: ReasonCode::BAD_AUTHENTICATION_METHOD,
-            message: None,
-        })
-        .into()
-    }
-
-    fn authorize_publish(
-        &self,
-        _: &ClientInfo,
-        _: &Identity,
-        _: PublishInfo<'_>,
-    ) -> Pending<Verdict> {
-        Verdict::ALLOW.into()
-    }
-
-    fn authorize_subscribe(
-        &self,
-        _: &ClientInfo,
-        _: &Identity,
-        _: &str,
-        _: QoS,
-    ) -> Pending<SubscribeVerdict> {
-        SubscribeVerdict::Allow {
-            check_each_delivery: false,
-        }
-        .into()
-    }
-
-    fn authorize_deliver(&self, _: &ClientInfo, _: &Identity, _: &str) -> Pending<Verdict> {
-        Verdict::ALLOW.into()
+    /// Whether an answer stamped with `stamp` may still be reused. Called on every cache hit,
+    /// so it must be cheap.
+    fn is_current(&self, _stamp: &Stamp) -> bool {
+        true
     }
 }

@@ -28,6 +28,7 @@ use crate::broker::Shared;
 use crate::codec::{self, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode, Will};
 use crate::net::Peer;
 use crate::net::admission::Ticket;
+use crate::policy::cache::DecisionCache;
 use crate::policy::{ClientInfo, Identity};
 use crate::store::{NEVER_EXPIRES, StoreError};
 
@@ -77,6 +78,14 @@ pub(super) struct TopicAliases {
     pub outbound: HashMap<ByteString, u16>,
 }
 
+/// The enhanced authentication of a connection (section 4.12).
+pub(super) struct EnhancedAuth {
+    /// The Authentication Method of CONNECT: re-authentication must use it (section 4.12.1).
+    pub method: ByteString,
+    /// The state of a re-authentication in progress.
+    pub pending: Option<bytes::Bytes>,
+}
+
 /// Why a connection ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum End {
@@ -96,8 +105,12 @@ pub(super) struct Conn<IO> {
     pub rbuf: BytesMut,
     pub wbuf: BytesMut,
     pub version: ProtocolVersion,
-    pub client: ClientInfo,
-    pub identity: Identity,
+    pub client: Arc<ClientInfo>,
+    pub identity: Arc<Identity>,
+    /// Decisions this session may reuse.
+    pub decisions: DecisionCache,
+    /// MQTT 5 enhanced authentication, for clients that used it (most do not: boxed).
+    pub auth: Option<Box<EnhancedAuth>>,
     /// This connection's session (also its key in the subscription tree).
     pub me: SessionRef,
     pub state: tokio::sync::OwnedMutexGuard<SessionState>,
@@ -220,6 +233,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
             aliases: None,
             problem_info: p.request_problem_information != Some(0),
             will: admitted.connect.will.clone().map(Box::new),
+            decisions: DecisionCache::default(),
+            auth: p.authentication_method.clone().map(|method| {
+                Box::new(EnhancedAuth {
+                    method,
+                    pending: None,
+                })
+            }),
             client: admitted.client,
             identity: admitted.identity,
             me: SessionRef(admitted.session),
@@ -237,6 +257,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
             shared,
         };
         conn.update_delivery_checks();
+        conn.set_identity_expiry();
         conn.shared.metrics.client_connected();
         conn.send(&connack);
         conn.me.0.set_journaled(conn.journaled());
@@ -387,6 +408,23 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
         self.kick.set_deadline(keepalive::NEVER);
     }
 
+    /// Tells the keep-alive sweep when the identity expires: the connection is closed then
+    /// (MQTT 5: 0xA0 Maximum connect time).
+    pub(super) fn set_identity_expiry(&self) {
+        let at = self.identity.expires_at.map_or(keepalive::NEVER, |unix| {
+            let left_ms = (unix * 1000).saturating_sub(unix_ms_now());
+            self.shared.now_ms() + left_ms
+        });
+        self.kick.set_expiry(at);
+    }
+
+    /// When the identity expires, for capping cached decisions.
+    pub(super) fn identity_deadline(&self) -> Option<std::time::Instant> {
+        let at = self.identity.expires_at?;
+        let left_ms = (at * 1000).saturating_sub(unix_ms_now());
+        Some(std::time::Instant::now() + Duration::from_millis(left_ms))
+    }
+
     /// A packet arrived (or a pause ended): the keep alive starts again.
     fn touch_keep_alive(&mut self) {
         if self.keep_alive_ms > 0 {
@@ -482,7 +520,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
         if self.state.expiry_interval == 0 {
             return;
         }
-        let record = self.state.record(&self.client.client_id, offline_since);
+        let owner = self.me.0.owner();
+        let record = self
+            .state
+            .record(&self.client.client_id, &owner, offline_since);
         if let Err(e) = self
             .shared
             .store
@@ -494,6 +535,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
         }
     }
 }
+/// Milliseconds since the Unix epoch, now.
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// What the serving loop waits for besides its socket and its session.
 enum Waited {
     /// The pause ended (`backpressure`); the list is for reuse.

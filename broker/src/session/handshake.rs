@@ -1,12 +1,14 @@
-//! From socket to a served session: read CONNECT, validate it, authenticate, take over or
-//! resume the session, answer CONNACK.
+//! From socket to a served session: read CONNECT, validate it, authenticate (with MQTT 5
+//! enhanced authentication's AUTH exchange when the client asks for it), check the will, take
+//! over or resume the session, answer CONNACK.
 //!
-//! Everything here happens before the client is trusted, so it is bounded: the CONNECT must
-//! arrive within `limits.connect_timeout` and fit `limits.max_packet_size`, and a refused
-//! client gets the matching reason code (or 3.1.1 return code) before the socket closes.
+//! Everything here happens before the client is trusted, so it is bounded: the CONNECT and each
+//! AUTH must arrive within the listener's connect timeout and fit `limits.max_packet_size`, an
+//! AUTH exchange has at most [`MAX_AUTH_ROUNDS`] steps, a refused authentication is answered
+//! only after a delay that grows with failures from the same address, and a refused client
+//! gets the matching reason code (or 3.1.1 return code) before the socket closes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -20,10 +22,14 @@ use crate::codec::{
     self, Auth, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolVersion, QoS,
     ReasonCode, Will,
 };
+use crate::message::Message;
 use crate::metrics::Limit;
 use crate::net::Peer;
-use crate::policy::{AuthOutcome, ClientInfo, Credentials, Denial, Identity, Verdict};
+use crate::policy::{AuthOutcome, ClientInfo, Credentials, Denial, Identity, PublishKind, Verdict};
 use crate::topic;
+
+/// The most AUTH round trips one authentication may take (SCRAM needs two).
+pub(super) const MAX_AUTH_ROUNDS: usize = 8;
 
 /// Why the handshake did not produce a session.
 pub(super) enum Refused {
@@ -44,20 +50,38 @@ pub(super) async fn read_connect<IO: AsyncRead + Unpin>(
     rbuf: &mut BytesMut,
     deadline: Duration,
 ) -> Result<Box<Connect>, Refused> {
+    let frame = read_frame(shared, reader, rbuf, deadline, Some(CONNECT_TYPE)).await?;
+    match codec::decode(frame.clone(), None) {
+        Ok(Packet::Connect(c)) => Ok(c),
+        Ok(_) => Err(Refused::Silent),
+        Err(e) => Err(refuse_decode(codec::connect_version(&frame), &e)),
+    }
+}
+
+/// Reads one whole packet's bytes within `deadline`; with `only`, a packet of another type is
+/// closed at its first byte.
+async fn read_frame<IO: AsyncRead + Unpin>(
+    shared: &Shared,
+    reader: &mut IO,
+    rbuf: &mut BytesMut,
+    deadline: Duration,
+    only: Option<u8>,
+) -> Result<Bytes, Refused> {
     let max = shared.config.limits.max_packet_size;
     let read = async {
         loop {
             // MQTT-3.1.0-1: the first packet is CONNECT. Anything else (an HTTP request, a
             // PROXY header from an address not trusted to send one, TLS to a plain port) is
             // closed at its first byte rather than waited on until the connect timeout.
-            if rbuf.first().is_some_and(|&b| b >> 4 != CONNECT_TYPE) {
+            if let Some(kind) = only
+                && rbuf.first().is_some_and(|&b| b >> 4 != kind)
+            {
                 return Err(Refused::Silent);
             }
             match codec::check(rbuf, max) {
                 Ok(Some(n)) => {
-                    let frame = rbuf.split_to(n).freeze();
                     shared.metrics.packet_received(n);
-                    return decode_connect(frame);
+                    return Ok(rbuf.split_to(n).freeze());
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -82,14 +106,6 @@ pub(super) async fn read_connect<IO: AsyncRead + Unpin>(
             shared.metrics.limit_hit(Limit::ConnectTimeout);
             Err(Refused::Silent)
         }
-    }
-}
-
-fn decode_connect(frame: Bytes) -> Result<Box<Connect>, Refused> {
-    match codec::decode(frame.clone(), None) {
-        Ok(Packet::Connect(c)) => Ok(c),
-        Ok(_) => Err(Refused::Silent),
-        Err(e) => Err(refuse_decode(codec::connect_version(&frame), &e)),
     }
 }
 
@@ -134,27 +150,48 @@ pub(super) async fn send_refusal<IO: AsyncWrite + Unpin>(
     {
         connack = stripped;
     }
-    let mut out = BytesMut::new();
-    codec::encode(&connack, version, &mut out);
     shared.metrics.connect_refused();
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+    let _ = write_packet(shared, writer, &connack, version).await;
+}
+
+/// Encodes one packet and writes it out, within a second.
+async fn write_packet<IO: AsyncWrite + Unpin>(
+    shared: &Shared,
+    writer: &mut IO,
+    packet: &Packet,
+    version: ProtocolVersion,
+) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    codec::encode(packet, version, &mut out);
+    shared.metrics.packet_sent(out.len());
+    match tokio::time::timeout(Duration::from_secs(1), async {
         writer.write_all(&out).await?;
         writer.flush().await
     })
-    .await;
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
 }
 
-static ASSIGNED: AtomicU64 = AtomicU64::new(0);
-
-/// A client identifier for a client that sent an empty one (MQTT-3.1.3-6): unique in this
-/// process, and unlikely to collide with one a client picks.
+/// A client identifier for a client that sent an empty one (MQTT-3.1.3-6): 128 random bits,
+/// so that nobody can guess another client's identifier and take its session over.
 fn assign_client_id() -> ByteString {
-    let n = ASSIGNED.fetch_add(1, Ordering::Relaxed);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    ByteString::from(format!("moat-{t:x}-{n}"))
+    use std::fmt::Write;
+    let mut bytes = [0u8; 16];
+    if let Err(e) = getrandom::fill(&mut bytes) {
+        // The operating system's generator does not fail on any platform moat runs on; if it
+        // ever did, handing out guessable identifiers would be worse than this panic, which
+        // ends only this connection's task.
+        panic!("no randomness for a client identifier: {e}");
+    }
+    let mut id = String::with_capacity(5 + 32);
+    id.push_str("moat-");
+    for b in bytes {
+        let _ = write!(id, "{b:02x}");
+    }
+    ByteString::from(id)
 }
 
 /// Gives a string its own storage instead of a view into a read buffer.
@@ -189,33 +226,48 @@ fn deny(reason: ReasonCode, message: &str) -> Denial {
     }
 }
 
+/// The socket during the handshake, for the AUTH exchange.
+pub(super) struct Exchange<'a, IO> {
+    io: &'a mut IO,
+    rbuf: &'a mut BytesMut,
+    deadline: Duration,
+}
+
 /// Validates CONNECT, authenticates, and attaches the session: the whole way from a decoded
 /// CONNECT to a connection ready to serve (its CONNACK is in the write buffer).
 pub(super) async fn accept<IO: AsyncRead + AsyncWrite + Unpin + Send>(
     shared: Arc<Shared>,
     connect: Box<Connect>,
     mut io: IO,
-    rbuf: BytesMut,
+    mut rbuf: BytesMut,
     peer: Peer,
 ) -> Option<Conn<IO>> {
     let version = connect.protocol;
     let client_max_packet = connect.properties.maximum_packet_size;
     let remote = peer.remote;
-    match admit(&shared, connect, peer).await {
+    let mut exchange = Exchange {
+        io: &mut io,
+        rbuf: &mut rbuf,
+        deadline: peer.connect_timeout,
+    };
+    match admit(&shared, connect, peer, &mut exchange).await {
         Ok(admitted) => Some(Conn::start(shared, admitted, io, rbuf).await),
-        Err(denial) => {
+        Err(Refused::ConnAck(_, denial)) => {
             tracing::debug!(%remote, reason = denial.reason.0, msg = ?denial.message, "connect refused");
             send_refusal(&shared, &mut io, version, denial, client_max_packet).await;
             None
         }
+        Err(Refused::Silent) => None,
     }
 }
 
 /// What the handshake established, for [`Conn::start`].
 pub(super) struct Admitted {
     pub connect: Box<Connect>,
-    pub client: ClientInfo,
-    pub identity: Identity,
+    pub client: Arc<ClientInfo>,
+    pub identity: Arc<Identity>,
+    /// Authentication Data for the CONNACK (the last step of enhanced authentication).
+    pub auth_data: Option<Bytes>,
     pub assigned_id: bool,
     pub session: Arc<Session>,
     pub state: tokio::sync::OwnedMutexGuard<SessionState>,
@@ -224,17 +276,19 @@ pub(super) struct Admitted {
     pub kick: Arc<Kick>,
 }
 
-async fn admit(
+async fn admit<IO: AsyncRead + AsyncWrite + Unpin>(
     shared: &Arc<Shared>,
     mut connect: Box<Connect>,
     peer: Peer,
-) -> Result<Admitted, Denial> {
+    exchange: &mut Exchange<'_, IO>,
+) -> Result<Admitted, Refused> {
     let limits = &shared.config.limits;
     let version = connect.protocol;
+    let refuse = |d: Denial| Refused::ConnAck(version, d);
 
     // A connection over a limit was let in only to be told so (see `net::admission`).
     if let Some(reason) = peer.refusal {
-        return Err(deny(reason, "connection limit reached"));
+        return Err(refuse(deny(reason, "connection limit reached")));
     }
 
     // Client identifier (section 3.1.3.1).
@@ -242,18 +296,18 @@ async fn admit(
     if connect.client_id.is_empty() {
         if version == ProtocolVersion::V311 && !connect.clean_start {
             // MQTT-3.1.3-8: an empty id needs clean session 1 in 3.1.1.
-            return Err(deny(
+            return Err(refuse(deny(
                 ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
                 "an empty client identifier needs clean session",
-            ));
+            )));
         }
         connect.client_id = assign_client_id();
         assigned_id = true;
     } else if connect.client_id.len() > limits.max_client_id_length as usize {
-        return Err(deny(
+        return Err(refuse(deny(
             ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
             "client identifier too long",
-        ));
+        )));
     }
     // The decoded strings are views into the read block; the ones a session keeps get storage
     // of their own, so the block is freed once the connection is idle.
@@ -270,31 +324,34 @@ async fn admit(
         if topic::validate_topic_name(&will.topic).is_err()
             || !shared.topic_within_limits(&will.topic)
         {
-            return Err(deny(ReasonCode::TOPIC_NAME_INVALID, "invalid will topic"));
+            return Err(refuse(deny(
+                ReasonCode::TOPIC_NAME_INVALID,
+                "invalid will topic",
+            )));
         }
         if will.topic.starts_with('$') {
-            return Err(deny(
+            return Err(refuse(deny(
                 ReasonCode::NOT_AUTHORIZED,
                 "clients may not publish to $ topics",
-            ));
+            )));
         }
         if will.qos > limits.maximum_qos {
             // MQTT-3.2.2-12
-            return Err(deny(
+            return Err(refuse(deny(
                 ReasonCode::QOS_NOT_SUPPORTED,
                 "will QoS above the maximum",
-            ));
+            )));
         }
         if will.retain && !limits.retain_available {
             // MQTT-3.2.2-13
-            return Err(deny(
+            return Err(refuse(deny(
                 ReasonCode::RETAIN_NOT_SUPPORTED,
                 "retain is not available",
-            ));
+            )));
         }
     }
 
-    let client = ClientInfo {
+    let client = Arc::new(ClientInfo {
         client_id: connect.client_id.clone(),
         // With `identity_as_username` the certificate names the user, whatever CONNECT says.
         username: match peer.cert_username {
@@ -305,17 +362,37 @@ async fn admit(
         listener: peer.listener,
         protocol: version,
         tls: peer.tls,
-    };
+    });
     if let Verdict::Deny(d) = shared.policy.on_connect(&client).get().await {
-        return Err(d);
+        return Err(refuse(d));
     }
-    let identity = match authenticate(shared, &client, &connect).await {
-        Ok(identity) => identity,
-        Err(denial) => {
+    let (identity, auth_data) = match authenticate(shared, &client, &connect, exchange).await {
+        Ok(r) => r,
+        Err(Refused::ConnAck(v, denial)) => {
             auth_failure_delay(shared, &client, &denial).await;
-            return Err(denial);
+            return Err(Refused::ConnAck(v, denial));
         }
+        Err(Refused::Silent) => return Err(Refused::Silent),
     };
+    let identity = Arc::new(identity);
+
+    // The will is checked now, under the identity just established, and again when it is
+    // published, under the policy then in force (`Shared::send_will`).
+    if let Some(will) = &connect.will {
+        let message = Arc::new(Message::from_will(
+            will,
+            client.client_id.clone(),
+            limits.max_message_expiry,
+        ));
+        let verdict = shared
+            .policy
+            .authorize_publish(&client, &identity, PublishKind::Will, &message)
+            .get()
+            .await;
+        if let Verdict::Deny(d) = verdict {
+            return Err(refuse(d));
+        }
+    }
 
     // Session expiry (section 3.1.2.11.2); 3.1.1 maps clean session onto it.
     let expiry = match version {
@@ -336,28 +413,23 @@ async fn admit(
             .persistent_session_allowed(&connect.client_id, limits.max_persistent_sessions)
     {
         shared.metrics.limit_hit(Limit::PersistentSessions);
-        return Err(deny(
+        return Err(refuse(deny(
             ReasonCode::QUOTA_EXCEEDED,
             "too many persistent sessions",
-        ));
+        )));
     }
 
     let kick = Arc::new(Kick::new());
-    let Some((session, mut state, session_present, generation)) = shared
+    let (session, mut state, session_present, generation) = shared
         .take_session(
             &connect.client_id,
+            &identity.principal,
             connect.clean_start,
             version,
             kick.clone(),
         )
         .await
-    else {
-        // 0x8E is a DISCONNECT code, not a CONNACK one (MQTT-3.2.2-8).
-        return Err(deny(
-            ReasonCode::UNSPECIFIED_ERROR,
-            "a newer connection with this client identifier took the session",
-        ));
-    };
+        .map_err(refuse)?;
     state.protocol = version;
     state.expiry_interval = expiry;
     shared.quotas.set_persistent(&connect.client_id, expiry > 0);
@@ -365,6 +437,7 @@ async fn admit(
         connect,
         client,
         identity,
+        auth_data,
         assigned_id,
         session,
         state,
@@ -396,26 +469,90 @@ async fn auth_failure_delay(shared: &Shared, client: &ClientInfo, denial: &Denia
     }
 }
 
-async fn authenticate(
+/// Asks the policy who the client is, running the AUTH exchange of MQTT 5 enhanced
+/// authentication (section 4.12) while the policy answers with challenges.
+async fn authenticate<IO: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
-    client: &ClientInfo,
+    client: &Arc<ClientInfo>,
     connect: &Connect,
-) -> Result<Identity, Denial> {
+    exchange: &mut Exchange<'_, IO>,
+) -> Result<(Identity, Option<Bytes>), Refused> {
+    let version = connect.protocol;
+    let refuse = |d: Denial| Refused::ConnAck(version, d);
+    let method = connect.properties.authentication_method.clone();
     let credentials = Credentials {
         password: connect.password.clone(),
-        auth_method: connect.properties.authentication_method.clone(),
+        auth_method: method.clone(),
         auth_data: connect.properties.authentication_data.clone(),
         user_properties: connect.properties.user_properties.clone(),
     };
-    match shared.policy.authenticate(client, &credentials).get().await {
-        AuthOutcome::Allow(identity) => Ok(identity),
-        AuthOutcome::Deny(d) => Err(d),
-        // The AUTH exchange (section 4.12) is driven by the plugin runtime, which is the only
-        // policy that can challenge; until it lands a challenge cannot be answered.
-        AuthOutcome::Challenge { .. } => Err(deny(
-            ReasonCode::BAD_AUTHENTICATION_METHOD,
-            "enhanced authentication is not available",
+    let mut outcome = shared.policy.authenticate(client, credentials).get().await;
+    for _ in 0..MAX_AUTH_ROUNDS {
+        let (data, state) = match outcome {
+            AuthOutcome::Allow { identity, data } => return Ok((identity, data)),
+            AuthOutcome::Deny(d) => return Err(refuse(d)),
+            AuthOutcome::Challenge { data, state } => (data, state),
+        };
+        // AUTH only for a client that named an Authentication Method (section 4.12).
+        let Some(method) = &method else {
+            return Err(refuse(deny(
+                ReasonCode::BAD_AUTHENTICATION_METHOD,
+                "the policy challenged a client without an authentication method",
+            )));
+        };
+        let auth = Packet::Auth(Auth {
+            reason_code: ReasonCode::CONTINUE_AUTHENTICATION,
+            properties: Properties {
+                authentication_method: Some(method.clone()),
+                authentication_data: Some(data),
+                ..Properties::default()
+            },
+        });
+        if write_packet(shared, exchange.io, &auth, version)
+            .await
+            .is_err()
+        {
+            return Err(Refused::Silent);
+        }
+        let answer = client_auth(shared, exchange, method).await?;
+        outcome = shared
+            .policy
+            .continue_auth(client, state, answer)
+            .get()
+            .await;
+    }
+    Err(refuse(deny(
+        ReasonCode::NOT_AUTHORIZED,
+        "too many authentication steps",
+    )))
+}
+
+/// The client's answer to a challenge: an AUTH 0x18 with the same Authentication Method
+/// (MQTT-4.12.0-5); its Authentication Data.
+async fn client_auth<IO: AsyncRead + Unpin>(
+    shared: &Shared,
+    exchange: &mut Exchange<'_, IO>,
+    method: &ByteString,
+) -> Result<Bytes, Refused> {
+    let protocol_error =
+        |why: &str| Refused::ConnAck(ProtocolVersion::V5, deny(ReasonCode::PROTOCOL_ERROR, why));
+    let frame = read_frame(shared, exchange.io, exchange.rbuf, exchange.deadline, None).await?;
+    match codec::decode(frame, Some(ProtocolVersion::V5)) {
+        Ok(Packet::Auth(a)) => {
+            if a.reason_code != ReasonCode::CONTINUE_AUTHENTICATION {
+                return Err(protocol_error("expected AUTH with reason 0x18"));
+            }
+            if a.properties.authentication_method.as_ref() != Some(method) {
+                return Err(protocol_error("AUTH with another authentication method"));
+            }
+            Ok(a.properties.authentication_data.unwrap_or_default())
+        }
+        // The client gave up.
+        Ok(Packet::Disconnect(_)) => Err(Refused::Silent),
+        Ok(_) => Err(protocol_error(
+            "only AUTH or DISCONNECT may follow a challenge",
         )),
+        Err(e) => Err(refuse_decode(Some(ProtocolVersion::V5), &e)),
     }
 }
 
@@ -446,6 +583,11 @@ pub(super) fn connack(
             p.retain_available = Some(0);
         }
         p.server_keep_alive = server_keep_alive;
+        if let Some(method) = &connect.properties.authentication_method {
+            // The end of enhanced authentication (section 4.12): same method, final data.
+            p.authentication_method = Some(method.clone());
+            p.authentication_data = admitted.auth_data.clone();
+        }
         if connect.properties.request_response_information == Some(1) {
             // A prefix the client may build response topics under (section 4.10.2).
             p.response_information = Some(ByteString::from(format!(
@@ -459,13 +601,6 @@ pub(super) fn connack(
         reason_code: ReasonCode::SUCCESS,
         properties: p,
     })
-}
-
-/// Answers an AUTH packet after the handshake. Re-authentication (reason 0x19) belongs to the
-/// plugin runtime; until then an AUTH from a client is a protocol error (MQTT-4.12.0-7 family:
-/// AUTH without an Authentication Method in CONNECT).
-pub(super) fn on_auth(_auth: &Auth) -> ReasonCode {
-    ReasonCode::PROTOCOL_ERROR
 }
 
 impl SessionRef {

@@ -20,7 +20,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::backpressure;
 use super::connection::{Conn, End};
-use super::handshake;
 use super::state::{Phase, Subscribed};
 use crate::broker::Acceptance;
 use crate::codec::{
@@ -30,7 +29,8 @@ use crate::codec::{
 use crate::message::Message;
 use crate::metrics::{DropCause, Limit};
 use crate::pending::Pending;
-use crate::policy::{SubscribeVerdict, Verdict};
+use crate::policy::cache::Action;
+use crate::policy::{PublishKind, SubscribeVerdict, Verdict};
 use crate::store::{Change, StoreError};
 use crate::topic;
 
@@ -82,7 +82,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
                 None
             }
             Packet::Disconnect(d) => self.on_disconnect(d),
-            Packet::Auth(a) => closed(handshake::on_auth(&a)),
+            // Re-authentication: rare, and it waits on the policy.
+            Packet::Auth(a) => return Handled::Later(Box::pin(self.on_auth(a))),
             // A second CONNECT (MQTT-3.1.0-2) or a packet only a server sends.
             Packet::Connect(_)
             | Packet::ConnAck(_)
@@ -178,15 +179,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
             Err(end) => return Handled::Done(end),
         };
         let message = &a.message;
-        // Broker rule first: `$` topics belong to the broker, whatever a policy says.
+        // Broker rule first: `$` topics belong to the broker, whatever a policy says. Then a
+        // cached allow (the common case: no allocation, no plugin call), then the policy.
+        let policy = &*self.shared.policy;
         let verdict = if message.topic.starts_with('$') {
             Pending::Ready(Verdict::Deny(crate::policy::Denial::not_authorized()))
+        } else if self.decisions.allows(
+            policy,
+            Action::Publish,
+            &message.topic,
+            message.qos,
+            message.retain,
+            message.received,
+        ) {
+            Pending::Ready(Verdict::allow())
         } else {
-            self.shared.policy.authorize_publish(
-                &self.client,
-                &self.identity,
-                message.publish_info(),
-            )
+            policy.authorize_publish(&self.client, &self.identity, PublishKind::Message, message)
         };
         self.then(verdict, a, Self::publish_authorized)
     }
@@ -283,6 +291,21 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
             packet_id,
             qos,
         } = a;
+        if let Verdict::Allow(grant) = &verdict {
+            // A fresh allow the policy says may be reused (a cached one has no lifetime).
+            let capacity = self.shared.config.plugins.decision_cache_size as usize;
+            let expiry = self.identity_deadline();
+            self.decisions.remember(
+                capacity,
+                Action::Publish,
+                &message.topic,
+                message.qos,
+                message.retain,
+                grant,
+                message.received,
+                expiry,
+            );
+        }
         if let Verdict::Deny(d) = verdict {
             self.shared
                 .metrics

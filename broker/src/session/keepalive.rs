@@ -1,5 +1,6 @@
 //! Keep alive (MQTT-3.1.2-24): a client that sends nothing for one and a half times its Keep
-//! Alive is disconnected with 0x8D.
+//! Alive is disconnected with 0x8D. The same sweep closes a connection whose identity has
+//! expired (`Identity::expires_at`, MQTT 5: 0xA0 Maximum connect time).
 //!
 //! One broker task checks every connection's deadline each [`TICK`], instead of a timer in each
 //! connection's task: a tokio `Sleep` is 112 bytes of every idle connection's future, and
@@ -29,8 +30,23 @@ impl Kick {
             .store(deadline_ms, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn past_deadline(&self, now_ms: u64) -> bool {
-        now_ms >= self.deadline.load(std::sync::atomic::Ordering::Relaxed)
+    /// Sets when the client's identity expires, in milliseconds on the broker's clock, or
+    /// [`NEVER`].
+    pub(crate) fn set_expiry(&self, expiry_ms: u64) {
+        self.expiry
+            .store(expiry_ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Why the connection must close now, if it must.
+    fn overdue(&self, now_ms: u64) -> Option<ReasonCode> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if now_ms >= self.deadline.load(Relaxed) {
+            Some(ReasonCode::KEEP_ALIVE_TIMEOUT)
+        } else if now_ms >= self.expiry.load(Relaxed) {
+            Some(ReasonCode::MAXIMUM_CONNECT_TIME)
+        } else {
+            None
+        }
     }
 }
 
@@ -45,7 +61,7 @@ pub(crate) async fn sweep(shared: Arc<Shared>) {
         }
         let now = shared.now_ms();
         for session in shared.sessions.lock().values() {
-            session.kick_if(ReasonCode::KEEP_ALIVE_TIMEOUT, |k| k.past_deadline(now));
+            session.kick_if(|k| k.overdue(now));
         }
     }
 }

@@ -24,6 +24,7 @@
 //! - `keepalive`: one broker task that enforces every connection's keep alive.
 //! - `outbound`: from mailbox to wire: inflight window, packet ids, topic aliases, expiry.
 //! - `backpressure`: a publisher waiting for the full mailboxes it routed to.
+//! - `reauth`: MQTT 5 re-authentication on a live connection.
 
 mod acks;
 mod backpressure;
@@ -33,6 +34,7 @@ mod inbound;
 mod io;
 pub(crate) mod keepalive;
 mod outbound;
+mod reauth;
 pub mod state;
 mod throttle;
 
@@ -129,6 +131,8 @@ pub(crate) struct Kick {
     reason: AtomicU16,
     /// Milliseconds on the broker's clock after which the keep alive has run out.
     deadline: AtomicU64,
+    /// Milliseconds on the broker's clock after which the client's identity has expired.
+    expiry: AtomicU64,
 }
 
 impl Kick {
@@ -136,6 +140,7 @@ impl Kick {
         Kick {
             reason: AtomicU16::new(0),
             deadline: AtomicU64::new(keepalive::NEVER),
+            expiry: AtomicU64::new(keepalive::NEVER),
         }
     }
 
@@ -159,6 +164,9 @@ impl Kick {
 /// A client's session; see the module doc.
 pub struct Session {
     pub client_id: ByteString,
+    /// The principal that created the session (empty: unowned, claimed by the first principal
+    /// to resume it; only sessions restored from records without an owner).
+    owner: parking_lot::RwLock<ByteString>,
     mailbox: Mutex<Mailbox>,
     wake: Notify,
     /// Wakes publishers waiting for this mailbox to drain (see `backpressure`).
@@ -178,9 +186,15 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(client_id: ByteString, state: SessionState, limits: MailboxLimits) -> Arc<Session> {
+    pub fn new(
+        client_id: ByteString,
+        owner: ByteString,
+        state: SessionState,
+        limits: MailboxLimits,
+    ) -> Arc<Session> {
         Arc::new(Session {
             client_id,
+            owner: parking_lot::RwLock::new(owner),
             mailbox: Mutex::new(Mailbox {
                 queue: VecDeque::new(),
                 online: false,
@@ -197,6 +211,23 @@ impl Session {
             end_signal: Notify::new(),
             journaled: AtomicBool::new(false),
         })
+    }
+
+    /// Whether `principal` may resume this session; an unowned session becomes its.
+    pub(crate) fn owned_by(&self, principal: &ByteString) -> bool {
+        if self.owner.read().is_empty() {
+            let mut owner = self.owner.write();
+            if owner.is_empty() {
+                *owner = principal.clone();
+            }
+            return *owner == *principal;
+        }
+        *self.owner.read() == *principal
+    }
+
+    /// The principal the session belongs to.
+    pub(crate) fn owner(&self) -> ByteString {
+        self.owner.read().clone()
     }
 
     /// Whether QoS 1/2 deliveries to this session are journaled.
@@ -338,11 +369,11 @@ impl Session {
         conn.0
     }
 
-    /// Closes the serving connection, if any and if `test` says so, telling its client
-    /// `reason`.
-    pub(crate) fn kick_if(&self, reason: ReasonCode, test: impl FnOnce(&Kick) -> bool) {
+    /// Closes the serving connection, if any and if `test` gives a reason, telling its client
+    /// that reason.
+    pub(crate) fn kick_if(&self, test: impl FnOnce(&Kick) -> Option<ReasonCode>) {
         if let Some(kick) = &self.conn.lock().1
-            && test(kick)
+            && let Some(reason) = test(kick)
         {
             kick.fire(reason);
             self.wake.notify_one();

@@ -8,6 +8,8 @@
 use std::cell::Cell;
 use std::time::Instant;
 
+use bytestring::ByteString;
+
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Delivery;
@@ -17,6 +19,7 @@ use crate::codec::{Packet, Properties, ProtocolVersion, PubResponse, Publish, Qo
 use crate::metrics::DropCause;
 use crate::pending::Pending;
 use crate::policy::Verdict;
+use crate::policy::cache::Action;
 use crate::store::{Change, StoreError};
 use crate::topic;
 
@@ -64,7 +67,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
         let mut i = 0;
         while i < batch.len() {
             let allowed = match self.delivery_check(&batch[i].message.topic) {
-                Some(check) => check.get().await.is_allow(),
+                Some(check) => {
+                    let verdict = check.get().await;
+                    let topic = batch[i].message.topic.clone();
+                    self.remember_delivery(&topic, &verdict);
+                    verdict.is_allow()
+                }
                 None => true,
             };
             if allowed {
@@ -132,7 +140,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
     /// with "check each delivery", so a wide filter cannot read topics a finer rule denies;
     /// `None` when no such subscription matches. (Not an `async fn`: the connection must not
     /// be borrowed across the wait, or its socket would have to be `Sync`.)
-    fn delivery_check(&self, topic: &str) -> Option<Pending<Verdict>> {
+    ///
+    /// A cached allow (per session and topic) answers at once.
+    fn delivery_check(&self, topic: &ByteString) -> Option<Pending<Verdict>> {
         let flagged = self.state.subscriptions.iter().any(|(filter, s)| {
             let filter = match topic::parse_shared(filter) {
                 Ok(Some(shared)) => shared.filter,
@@ -140,11 +150,36 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
             };
             s.check_each_delivery && topic::matches(filter, topic)
         });
-        flagged.then(|| {
-            self.shared
-                .policy
-                .authorize_deliver(&self.client, &self.identity, topic)
-        })
+        let policy = &*self.shared.policy;
+        let (qos, retain) = DELIVER_KEY;
+        if !flagged
+            || self
+                .decisions
+                .allows(policy, Action::Deliver, topic, qos, retain, Instant::now())
+        {
+            return None;
+        }
+        Some(policy.authorize_deliver(&self.client, &self.identity, topic))
+    }
+
+    /// Remembers an allow for deliveries on `topic`.
+    fn remember_delivery(&mut self, topic: &ByteString, verdict: &Verdict) {
+        let Verdict::Allow(grant) = verdict else {
+            return;
+        };
+        let capacity = self.shared.config.plugins.decision_cache_size as usize;
+        let expiry = self.identity_deadline();
+        let (qos, retain) = DELIVER_KEY;
+        self.decisions.remember(
+            capacity,
+            Action::Deliver,
+            topic,
+            qos,
+            retain,
+            grant,
+            Instant::now(),
+            expiry,
+        );
     }
 
     /// Recomputes whether any subscription asks for deliveries to be checked.
@@ -242,3 +277,7 @@ thread_local! {
 
 /// Deliveries taken from the mailbox at a time.
 const PUMP_BATCH_SIZE: usize = 64;
+
+/// Deliver decisions are cached per topic: a delivery's QoS and retain flag do not change
+/// who may read the topic, so they are keyed as one.
+const DELIVER_KEY: (QoS, bool) = (QoS::AtMostOnce, false);

@@ -82,7 +82,12 @@ impl SessionState {
     }
 
     /// The record a store keeps for this session; `offline_since` as in [`SessionRecord`].
-    pub fn record(&self, client_id: &ByteString, offline_since: Option<u64>) -> SessionRecord {
+    pub fn record(
+        &self,
+        client_id: &ByteString,
+        owner: &ByteString,
+        offline_since: Option<u64>,
+    ) -> SessionRecord {
         let mut subscriptions: Vec<SubscriptionRecord> = self
             .subscriptions
             .iter()
@@ -96,6 +101,7 @@ impl SessionState {
         subscriptions.sort_by(|a, b| a.filter.cmp(&b.filter));
         SessionRecord {
             client_id: client_id.clone(),
+            owner: Some(owner.clone()),
             protocol: self.protocol,
             expiry_interval: self.expiry_interval,
             subscriptions,

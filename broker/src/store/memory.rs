@@ -135,6 +135,7 @@ mod tests {
         .await
         .unwrap();
         let record = SessionRecord {
+            owner: None,
             client_id: "c1".into(),
             protocol: ProtocolVersion::V5,
             expiry_interval: 60,
@@ -151,6 +152,7 @@ mod tests {
             .await
             .unwrap();
         apply(Change::SessionSaved(SessionRecord {
+            owner: None,
             client_id: "c2".into(),
             ..record.clone()
         }))

@@ -65,6 +65,9 @@ pub struct SubscriptionRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
     pub client_id: ByteString,
+    /// The principal that created the session; only it may resume it. `None` in records
+    /// written before ownership was recorded: the first principal to resume it claims it.
+    pub owner: Option<ByteString>,
     pub protocol: ProtocolVersion,
     /// Seconds after disconnection; [`NEVER_EXPIRES`] for never.
     pub expiry_interval: u32,

@@ -18,7 +18,7 @@ use moat::codec::{
 };
 use moat::pending::Pending;
 use moat::policy::{
-    AllowAll, AuthOutcome, ClientInfo, Credentials, Identity, Policy, PublishInfo,
+    AllowAll, AuthOutcome, ClientInfo, Credentials, Identity, Policy, PublishKind,
     SubscribeVerdict, Verdict,
 };
 use moat::store::{Change, MemoryStore, Snapshot, Store, StoreError};
@@ -993,11 +993,15 @@ struct RecordingPolicy {
 }
 
 impl Policy for RecordingPolicy {
-    fn on_connect(&self, client: &ClientInfo) -> Pending<Verdict> {
+    fn on_connect(&self, client: &Arc<ClientInfo>) -> Pending<Verdict> {
         AllowAll.on_connect(client)
     }
 
-    fn authenticate(&self, client: &ClientInfo, credentials: &Credentials) -> Pending<AuthOutcome> {
+    fn authenticate(
+        &self,
+        client: &Arc<ClientInfo>,
+        credentials: Credentials,
+    ) -> Pending<AuthOutcome> {
         self.seen.lock().unwrap().push((
             client.username.as_ref().map(|u| u.to_string()),
             credentials.password.clone(),
@@ -1007,27 +1011,28 @@ impl Policy for RecordingPolicy {
 
     fn continue_auth(
         &self,
-        client: &ClientInfo,
+        client: &Arc<ClientInfo>,
         state: Bytes,
-        data: Option<Bytes>,
+        data: Bytes,
     ) -> Pending<AuthOutcome> {
         AllowAll.continue_auth(client, state, data)
     }
 
     fn authorize_publish(
         &self,
-        client: &ClientInfo,
-        identity: &Identity,
-        publish: PublishInfo<'_>,
+        client: &Arc<ClientInfo>,
+        identity: &Arc<Identity>,
+        kind: PublishKind,
+        message: &Arc<moat::message::Message>,
     ) -> Pending<Verdict> {
-        AllowAll.authorize_publish(client, identity, publish)
+        AllowAll.authorize_publish(client, identity, kind, message)
     }
 
     fn authorize_subscribe(
         &self,
-        client: &ClientInfo,
-        identity: &Identity,
-        filter: &str,
+        client: &Arc<ClientInfo>,
+        identity: &Arc<Identity>,
+        filter: &bytestring::ByteString,
         qos: QoS,
     ) -> Pending<SubscribeVerdict> {
         AllowAll.authorize_subscribe(client, identity, filter, qos)
@@ -1035,9 +1040,9 @@ impl Policy for RecordingPolicy {
 
     fn authorize_deliver(
         &self,
-        client: &ClientInfo,
-        identity: &Identity,
-        topic: &str,
+        client: &Arc<ClientInfo>,
+        identity: &Arc<Identity>,
+        topic: &bytestring::ByteString,
     ) -> Pending<Verdict> {
         AllowAll.authorize_deliver(client, identity, topic)
     }

@@ -6,10 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytestring::ByteString;
 use moat::codec::{ProtocolVersion, QoS, ReasonCode};
+use moat::message::Message;
 use moat::pending::Pending;
 use moat::policy::{
-    AllowAll, AuthOutcome, ClientInfo, Credentials, Denial, Identity, Policy, PublishInfo,
+    AllowAll, AuthOutcome, ClientInfo, Credentials, Denial, Identity, Policy, PublishKind,
     SubscribeVerdict, Verdict,
 };
 use moat::store::MemoryStore;
@@ -29,11 +31,11 @@ fn deny(reason: ReasonCode) -> Denial {
 }
 
 impl Policy for FencePolicy {
-    fn on_connect(&self, client: &ClientInfo) -> Pending<Verdict> {
+    fn on_connect(&self, client: &Arc<ClientInfo>) -> Pending<Verdict> {
         AllowAll.on_connect(client)
     }
 
-    fn authenticate(&self, client: &ClientInfo, c: &Credentials) -> Pending<AuthOutcome> {
+    fn authenticate(&self, client: &Arc<ClientInfo>, c: Credentials) -> Pending<AuthOutcome> {
         if client.username.as_deref() == Some("mallory") {
             return AuthOutcome::Deny(deny(ReasonCode::BAD_USER_NAME_OR_PASSWORD)).into();
         }
@@ -42,34 +44,35 @@ impl Policy for FencePolicy {
 
     fn continue_auth(
         &self,
-        client: &ClientInfo,
+        client: &Arc<ClientInfo>,
         state: bytes::Bytes,
-        data: Option<bytes::Bytes>,
+        data: bytes::Bytes,
     ) -> Pending<AuthOutcome> {
         AllowAll.continue_auth(client, state, data)
     }
 
     fn authorize_publish(
         &self,
-        _: &ClientInfo,
-        _: &Identity,
-        p: PublishInfo<'_>,
+        _: &Arc<ClientInfo>,
+        _: &Arc<Identity>,
+        _: PublishKind,
+        m: &Arc<Message>,
     ) -> Pending<Verdict> {
-        if p.topic.starts_with("locked/") {
+        if m.topic.starts_with("locked/") {
             Verdict::Deny(Denial::not_authorized()).into()
         } else {
-            Verdict::ALLOW.into()
+            Verdict::allow().into()
         }
     }
 
     fn authorize_subscribe(
         &self,
-        _: &ClientInfo,
-        _: &Identity,
-        filter: &str,
+        _: &Arc<ClientInfo>,
+        _: &Arc<Identity>,
+        filter: &ByteString,
         _: QoS,
     ) -> Pending<SubscribeVerdict> {
-        match filter {
+        match &**filter {
             "forbidden/#" => SubscribeVerdict::Deny(Denial::not_authorized()),
             "#" => SubscribeVerdict::Allow {
                 check_each_delivery: true,
@@ -81,7 +84,12 @@ impl Policy for FencePolicy {
         .into()
     }
 
-    fn authorize_deliver(&self, _: &ClientInfo, _: &Identity, topic: &str) -> Pending<Verdict> {
+    fn authorize_deliver(
+        &self,
+        _: &Arc<ClientInfo>,
+        _: &Arc<Identity>,
+        topic: &ByteString,
+    ) -> Pending<Verdict> {
         // Answered later, as a plugin waiting on a directory would.
         let denied = topic.starts_with("secret/");
         Pending::later(async move {
@@ -89,7 +97,7 @@ impl Policy for FencePolicy {
             if denied {
                 Verdict::Deny(Denial::not_authorized())
             } else {
-                Verdict::ALLOW
+                Verdict::allow()
             }
         })
     }

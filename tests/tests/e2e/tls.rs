@@ -12,7 +12,7 @@ use moat::config::{ClientCerts, IdentityAsUsername, ListenerConfig, Protocol, Tl
 use moat::metrics::Limit;
 use moat::pending::Pending;
 use moat::policy::{
-    AllowAll, AuthOutcome, ClientInfo, Credentials, Identity, Policy, PublishInfo,
+    AllowAll, AuthOutcome, ClientInfo, Credentials, Identity, Policy, PublishKind,
     SubscribeVerdict, TlsInfo, Verdict,
 };
 use moat::store::MemoryStore;
@@ -370,11 +370,11 @@ pub struct Recorder {
 }
 
 impl Policy for Recorder {
-    fn on_connect(&self, client: &ClientInfo) -> Pending<Verdict> {
+    fn on_connect(&self, client: &Arc<ClientInfo>) -> Pending<Verdict> {
         AllowAll.on_connect(client)
     }
-    fn authenticate(&self, client: &ClientInfo, c: &Credentials) -> Pending<AuthOutcome> {
-        self.clients.lock().unwrap().push(client.clone());
+    fn authenticate(&self, client: &Arc<ClientInfo>, c: Credentials) -> Pending<AuthOutcome> {
+        self.clients.lock().unwrap().push((**client).clone());
         if client.username.as_deref() == Some("mallory") {
             return AuthOutcome::Deny(moat::policy::Denial {
                 reason: ReasonCode::BAD_USER_NAME_OR_PASSWORD,
@@ -386,30 +386,36 @@ impl Policy for Recorder {
     }
     fn continue_auth(
         &self,
-        client: &ClientInfo,
+        client: &Arc<ClientInfo>,
         state: bytes::Bytes,
-        data: Option<bytes::Bytes>,
+        data: bytes::Bytes,
     ) -> Pending<AuthOutcome> {
         AllowAll.continue_auth(client, state, data)
     }
     fn authorize_publish(
         &self,
-        c: &ClientInfo,
-        i: &Identity,
-        p: PublishInfo<'_>,
+        c: &Arc<ClientInfo>,
+        i: &Arc<Identity>,
+        k: PublishKind,
+        m: &Arc<moat::message::Message>,
     ) -> Pending<Verdict> {
-        AllowAll.authorize_publish(c, i, p)
+        AllowAll.authorize_publish(c, i, k, m)
     }
     fn authorize_subscribe(
         &self,
-        c: &ClientInfo,
-        i: &Identity,
-        f: &str,
+        c: &Arc<ClientInfo>,
+        i: &Arc<Identity>,
+        f: &bytestring::ByteString,
         q: QoS,
     ) -> Pending<SubscribeVerdict> {
         AllowAll.authorize_subscribe(c, i, f, q)
     }
-    fn authorize_deliver(&self, c: &ClientInfo, i: &Identity, t: &str) -> Pending<Verdict> {
+    fn authorize_deliver(
+        &self,
+        c: &Arc<ClientInfo>,
+        i: &Arc<Identity>,
+        t: &bytestring::ByteString,
+    ) -> Pending<Verdict> {
         AllowAll.authorize_deliver(c, i, t)
     }
 }

@@ -152,6 +152,8 @@ pub(super) struct QueuedV1 {
 /// A persistent session.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct SessionV1 {
+    /// The principal that created the session.
+    owner: Option<String>,
     protocol: u8,
     expiry_interval: u32,
     subscriptions: Vec<SubscriptionV1>,
@@ -187,6 +189,7 @@ fn protocol_from(code: u8) -> Result<ProtocolVersion, DecodeError> {
 impl SessionV1 {
     pub fn from_record(r: &SessionRecord) -> SessionV1 {
         SessionV1 {
+            owner: r.owner.as_ref().map(|o| o.to_string()),
             protocol: protocol_code(r.protocol),
             expiry_interval: r.expiry_interval,
             subscriptions: r
@@ -229,6 +232,7 @@ impl SessionV1 {
         }
         Ok(SessionRecord {
             client_id: client_id.into(),
+            owner: self.owner.map(ByteString::from),
             protocol: protocol_from(self.protocol)?,
             expiry_interval: self.expiry_interval,
             subscriptions,

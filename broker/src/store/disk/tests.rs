@@ -39,6 +39,7 @@ fn message(topic: &str, payload: &str, expiry: Option<u64>) -> Arc<Message> {
 fn session(client_id: &str, expiry: u32, offline_since: Option<u64>) -> SessionRecord {
     SessionRecord {
         client_id: client_id.into(),
+        owner: Some("alice".into()),
         protocol: ProtocolVersion::V5,
         expiry_interval: expiry,
         subscriptions: vec![SubscriptionRecord {

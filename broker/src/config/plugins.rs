@@ -1,0 +1,181 @@
+//! The configuration of the policy: `[security]`, `[plugins]` and the `[[plugin]]` chain.
+//!
+//! Each `[[plugin]]` names a Wasm component (a file, or one bundled in the binary), the hooks it
+//! serves, the listeners it applies to, its sandbox limits, the capabilities the operator grants
+//! it, and its own `[plugin.config]` table, which the plugin receives as JSON in `init`. A
+//! configuration with no `[[plugin]]` gets the default chain: the bundled `allow-anonymous`
+//! plugin on the listeners bound to a loopback address.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The `[security]` table: rules the broker enforces itself, whatever the plugins say.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// `allow_anonymous_remote`: let the broker start although a listener on a non-loopback
+    /// address admits clients without credentials (the plugin chain lets an anonymous client
+    /// in there). Default: false, and such a configuration is refused at start.
+    pub allow_anonymous_remote: bool,
+    /// `foreign_session`: what happens when a principal presents the client identifier of a
+    /// session another principal created: `"refuse"` (CONNACK 0x87) or `"replace"` (the old
+    /// session ends and a fresh one starts). Default: `"refuse"`.
+    pub foreign_session: ForeignSession,
+}
+
+/// `security.foreign_session`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForeignSession {
+    #[default]
+    Refuse,
+    Replace,
+}
+
+/// The `[plugins]` table: settings of the chain as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// `exhausted`: the answer when every plugin said "next" (or none serves the hook):
+    /// `"deny"` or `"allow"`. The pre-check `on-connect` always goes on to authentication.
+    /// Default: `"deny"`.
+    pub exhausted: Exhausted,
+    /// `cache_dir`: where compiled plugins are cached (native code: the directory must belong
+    /// to the broker's user and be writable by nobody else; it is created with mode 0700).
+    /// Default: `$XDG_CACHE_HOME/moat/plugins`, else `~/.cache/moat/plugins`.
+    pub cache_dir: Option<PathBuf>,
+    /// `decision_cache_size`: decisions each session may reuse (0 disables the cache).
+    /// Default: 256.
+    pub decision_cache_size: u32,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            exhausted: Exhausted::Deny,
+            cache_dir: None,
+            decision_cache_size: 256,
+        }
+    }
+}
+
+/// `plugins.exhausted`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Exhausted {
+    #[default]
+    Deny,
+    Allow,
+}
+
+/// A hook name in `plugin.hooks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookName {
+    OnConnect,
+    Authenticate,
+    AuthorizePublish,
+    AuthorizeSubscribe,
+    AuthorizeDeliver,
+}
+
+/// `plugin.on_failure`: what a trap, a timeout or a malformed answer of this plugin means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailure {
+    /// Refuse (fail closed).
+    #[default]
+    Deny,
+    /// Let the next plugin decide, as if this one had said "next"; never an allow.
+    Next,
+}
+
+/// One `[[plugin]]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginConfig {
+    /// `name`: identifies the plugin in logs and metrics. Required; unique.
+    pub name: String,
+    /// `wasm`: the component file (relative paths are relative to the configuration file).
+    pub wasm: Option<PathBuf>,
+    /// `bundled`: the name of a plugin embedded in the binary (e.g. `"allow-anonymous"`),
+    /// instead of `wasm`.
+    pub bundled: Option<String>,
+    /// `sha256`: if set, the component's bytes must have this SHA-256 (hex), or it is refused.
+    pub sha256: Option<String>,
+    /// `hooks`: the hooks the broker calls this plugin for; default: all its manifest lists.
+    pub hooks: Option<Vec<HookName>>,
+    /// `listeners`: the listeners whose clients this plugin decides about; default: all.
+    pub listeners: Option<Vec<String>>,
+    /// `on_failure`: `"deny"` (default) or `"next"`.
+    pub on_failure: OnFailure,
+    /// `min_instances`: instances kept ready (1 to 1024). Default: 1.
+    pub min_instances: u32,
+    /// `max_instances`: most instances at once, so most concurrent calls (1 to 1024); a call
+    /// that finds them all busy waits up to its timeout, then fails. Default: 16.
+    pub max_instances: u32,
+    /// `memory_limit_mib`: linear memory per instance, in MiB (1 to 4096). Default: 64.
+    pub memory_limit_mib: u32,
+    /// `cpu_budget_ms`: guest CPU time per call before it is stopped (1 to 60000). Default: 100.
+    pub cpu_budget_ms: u32,
+    /// `authenticate_timeout_ms`: wall-clock limit of on-connect, authenticate and
+    /// continue-auth calls, waiting on capabilities included (1 to 60000). Default: 2000.
+    pub authenticate_timeout_ms: u32,
+    /// `authorize_timeout_ms`: the same for authorize-publish, -subscribe and -deliver (1 to
+    /// 60000). Default: 50.
+    pub authorize_timeout_ms: u32,
+    /// `[plugin.grants]`: capabilities the operator grants.
+    pub grants: Grants,
+    /// `[plugin.config]`: the plugin's own settings, passed to its `init` as JSON.
+    pub config: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        PluginConfig {
+            name: String::new(),
+            wasm: None,
+            bundled: None,
+            sha256: None,
+            hooks: None,
+            listeners: None,
+            on_failure: OnFailure::Deny,
+            min_instances: 1,
+            max_instances: 16,
+            memory_limit_mib: 64,
+            cpu_budget_ms: 100,
+            authenticate_timeout_ms: 2000,
+            authorize_timeout_ms: 50,
+            grants: Grants::default(),
+            config: serde_json::Map::new(),
+        }
+    }
+}
+
+/// `[plugin.grants]`: what a plugin may use beyond its own memory. Nothing by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Grants {
+    /// `[plugin.grants.kv]`: a private key-value space.
+    pub kv: Option<KvGrant>,
+}
+
+/// `[plugin.grants.kv]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KvGrant {
+    /// `max_entries`: most keys at once (1 to 10000000). Default: 10000.
+    pub max_entries: u32,
+    /// `max_bytes`: most bytes of keys and values together (1 to 1073741824). Default: 16 MiB.
+    pub max_bytes: u64,
+}
+
+impl Default for KvGrant {
+    fn default() -> Self {
+        KvGrant {
+            max_entries: 10_000,
+            max_bytes: 16 << 20,
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! What a plugin instance sees of the host: the store data ([`HostState`]), the `moat:policy`
+//! imports (log, clock, counters, invalidate, and the capability interfaces), and a WASI that
+//! grants nothing.
+//!
+//! Sandboxing choices:
+//! - WASI is linked because compilers of Rust, Python and JavaScript components import it, but
+//!   the context has no preopened directories, no environment, no arguments, no sockets and no
+//!   name lookup; standard output and error go nowhere (plugins log through `host.log`).
+//! - Clocks are coarse: WASI's wall and monotonic clocks tick in milliseconds, like
+//!   `host.now-ms`, so a plugin cannot time the host finely.
+//! - Capabilities the operator did not grant answer `not-granted` (an error value, never a
+//!   trap), and the attempt is logged. This issue implements `kv`; the other capabilities are
+//!   declared and refuse until the bundled-plugins issue implements them.
+//! - Memory is capped by [`MemoryCap`]: the sum of an instance's linear memories, checked on
+//!   every growth; going over traps the instance with [`Overrun::Memory`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, ResourceLimiter};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::moat::policy::types::CapabilityError;
+use super::bindings::moat::policy::{files, host, http, kv, ldap, password, sql};
+use crate::config::KvGrant;
+
+/// Longest log line a plugin may write; the rest is cut.
+const MAX_LOG_LINE: usize = 4096;
+/// Most counter names per plugin, and the longest name.
+const MAX_COUNTERS: usize = 64;
+const MAX_COUNTER_NAME: usize = 64;
+/// Longest `kv` key.
+const MAX_KV_KEY: usize = 1024;
+
+/// Why the host stopped a call: carried as the error of a trap so the caller can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Overrun {
+    #[error("used its CPU budget")]
+    Cpu,
+    #[error("exceeded its memory limit")]
+    Memory,
+}
+
+/// What every instance of one plugin shares: its name, its decision epoch (bumped by
+/// `invalidate`), its counters and its `kv` space.
+pub struct PluginContext {
+    pub name: Arc<str>,
+    /// Bumped to make every cached decision this plugin took part in stale.
+    pub epoch: Arc<AtomicU64>,
+    counters: Mutex<HashMap<String, u64>>,
+    kv: Option<Mutex<KvSpace>>,
+    /// When a refused capability was last logged (at most one line a second per plugin).
+    refusal_logged: Mutex<Option<Instant>>,
+}
+
+impl PluginContext {
+    pub fn new(name: Arc<str>, epoch: Arc<AtomicU64>, kv: Option<&KvGrant>) -> PluginContext {
+        PluginContext {
+            name,
+            epoch,
+            counters: Mutex::new(HashMap::new()),
+            kv: kv.map(|g| Mutex::new(KvSpace::new(g))),
+            refusal_logged: Mutex::new(None),
+        }
+    }
+
+    /// A snapshot of the plugin's own counters.
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<_> = self
+            .counters
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn refuse(&self, capability: &str) -> CapabilityError {
+        let mut last = self.refusal_logged.lock();
+        let now = Instant::now();
+        if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+            *last = Some(now);
+            tracing::warn!(plugin = %self.name, capability, "plugin used a capability it was not granted");
+        }
+        CapabilityError::NotGranted
+    }
+}
+
+/// The data of one instance's store.
+pub struct HostState {
+    pub(super) ctx: Arc<PluginContext>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(super) memory: MemoryCap,
+    pub(super) cpu: CpuMeter,
+}
+
+impl HostState {
+    pub(super) fn new(ctx: Arc<PluginContext>, memory_limit: usize) -> HostState {
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .wall_clock(CoarseWallClock)
+            .monotonic_clock(CoarseMonotonicClock::default())
+            .build();
+        HostState {
+            ctx,
+            wasi,
+            table: ResourceTable::new(),
+            memory: MemoryCap {
+                limit: memory_limit,
+                used: 0,
+            },
+            cpu: CpuMeter::default(),
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Counts the epoch ticks a call has run for; see `engine.rs`.
+#[derive(Debug, Default)]
+pub(super) struct CpuMeter {
+    pub used: u64,
+    pub budget: u64,
+}
+
+/// Caps the total linear memory of an instance.
+pub(super) struct MemoryCap {
+    limit: usize,
+    used: usize,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.used - current.min(self.used) + desired;
+        if total > self.limit {
+            return Err(Overrun::Memory.into());
+        }
+        self.used = total;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // A table element is a pointer: bound tables by the same budget.
+        Ok(desired.saturating_mul(8) <= self.limit)
+    }
+}
+
+/// The linker every plugin is instantiated with: WASI (granting nothing, see the module doc)
+/// and the `moat:policy` imports.
+pub(super) fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    super::bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+    Ok(linker)
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Wall-clock time in whole milliseconds.
+struct CoarseWallClock;
+
+impl wasmtime_wasi::HostWallClock for CoarseWallClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+
+    fn now(&self) -> Duration {
+        Duration::from_millis(unix_now().as_millis() as u64)
+    }
+}
+
+/// A monotonic clock in whole milliseconds since the instance was created.
+struct CoarseMonotonicClock(Instant);
+
+impl Default for CoarseMonotonicClock {
+    fn default() -> Self {
+        CoarseMonotonicClock(Instant::now())
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for CoarseMonotonicClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+
+    fn now(&self) -> u64 {
+        (self.0.elapsed().as_millis() as u64).saturating_mul(1_000_000)
+    }
+}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: host::Level, mut message: String) -> wasmtime::Result<()> {
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let plugin = &*self.ctx.name;
+        match level {
+            host::Level::Trace => tracing::trace!(target: "moat::plugin", plugin, "{message}"),
+            host::Level::Debug => tracing::debug!(target: "moat::plugin", plugin, "{message}"),
+            host::Level::Info => tracing::info!(target: "moat::plugin", plugin, "{message}"),
+            host::Level::Warn => tracing::warn!(target: "moat::plugin", plugin, "{message}"),
+            host::Level::Error => tracing::error!(target: "moat::plugin", plugin, "{message}"),
+        }
+        Ok(())
+    }
+
+    fn now_ms(&mut self) -> wasmtime::Result<u64> {
+        Ok(unix_now().as_millis() as u64)
+    }
+
+    fn count(&mut self, mut name: String, delta: u64) -> wasmtime::Result<()> {
+        if name.len() > MAX_COUNTER_NAME {
+            let mut cut = MAX_COUNTER_NAME;
+            while !name.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            name.truncate(cut);
+        }
+        let mut counters = self.ctx.counters.lock();
+        if let Some(c) = counters.get_mut(&name) {
+            *c = c.saturating_add(delta);
+        } else if counters.len() < MAX_COUNTERS {
+            counters.insert(name, delta);
+        }
+        Ok(())
+    }
+
+    fn invalidate(&mut self) -> wasmtime::Result<()> {
+        self.ctx.epoch.fetch_add(1, Ordering::AcqRel);
+        tracing::debug!(plugin = %self.ctx.name, "plugin invalidated its cached decisions");
+        Ok(())
+    }
+}
+
+impl super::bindings::moat::policy::types::Host for HostState {}
+
+/// A plugin's private key-value space: bounded in entries and bytes, entries with a TTL.
+struct KvSpace {
+    entries: HashMap<String, (Vec<u8>, Option<Instant>)>,
+    bytes: u64,
+    max_entries: usize,
+    max_bytes: u64,
+}
+
+impl KvSpace {
+    fn new(grant: &KvGrant) -> KvSpace {
+        KvSpace {
+            entries: HashMap::new(),
+            bytes: 0,
+            max_entries: grant.max_entries as usize,
+            max_bytes: grant.max_bytes,
+        }
+    }
+
+    fn size(key: &str, value: &[u8]) -> u64 {
+        (key.len() + value.len()) as u64
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some((value, _)) = self.entries.remove(key) {
+            self.bytes -= Self::size(key, &value);
+        }
+    }
+
+    fn purge_expired(&mut self, now: Instant) {
+        let expired: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, (_, exp))| exp.is_some_and(|e| e <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in expired {
+            self.remove(&k);
+        }
+    }
+
+    fn get(&mut self, key: &str) -> Option<Vec<u8>> {
+        let now = Instant::now();
+        match self.entries.get(key) {
+            Some((_, Some(exp))) if *exp <= now => {
+                self.remove(key);
+                None
+            }
+            Some((value, _)) => Some(value.clone()),
+            None => None,
+        }
+    }
+
+    fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl: Option<u32>,
+    ) -> Result<(), CapabilityError> {
+        if key.len() > MAX_KV_KEY {
+            return Err(CapabilityError::Invalid(format!(
+                "keys are at most {MAX_KV_KEY} bytes"
+            )));
+        }
+        let size = Self::size(&key, &value);
+        if size > self.max_bytes {
+            return Err(CapabilityError::TooLarge);
+        }
+        self.remove(&key);
+        let fits = |s: &Self| s.entries.len() < s.max_entries && s.bytes + size <= s.max_bytes;
+        if !fits(self) {
+            self.purge_expired(Instant::now());
+            if !fits(self) {
+                return Err(CapabilityError::QuotaExceeded);
+            }
+        }
+        let expires = ttl.map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
+        self.bytes += size;
+        self.entries.insert(key, (value, expires));
+        Ok(())
+    }
+}
+
+impl kv::Host for HostState {
+    async fn get(
+        &mut self,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, CapabilityError>> {
+        Ok(match &self.ctx.kv {
+            Some(space) => Ok(space.lock().get(&key)),
+            None => Err(self.ctx.refuse("kv")),
+        })
+    }
+
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_seconds: Option<u32>,
+    ) -> wasmtime::Result<Result<(), CapabilityError>> {
+        Ok(match &self.ctx.kv {
+            Some(space) => space.lock().set(key, value, ttl_seconds),
+            None => Err(self.ctx.refuse("kv")),
+        })
+    }
+
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), CapabilityError>> {
+        Ok(match &self.ctx.kv {
+            Some(space) => {
+                space.lock().remove(&key);
+                Ok(())
+            }
+            None => Err(self.ctx.refuse("kv")),
+        })
+    }
+}
+
+// The capabilities below are declared in the contract now and implemented by the
+// bundled-plugins issue; until a grant for them exists they refuse, as an ungranted capability
+// does.
+
+impl files::Host for HostState {
+    async fn read(&mut self, _name: String) -> wasmtime::Result<Result<Vec<u8>, CapabilityError>> {
+        Ok(Err(self.ctx.refuse("files")))
+    }
+}
+
+impl password::Host for HostState {
+    async fn verify(
+        &mut self,
+        _hash: Option<String>,
+        _password: Vec<u8>,
+    ) -> wasmtime::Result<Result<bool, CapabilityError>> {
+        Ok(Err(self.ctx.refuse("password")))
+    }
+}
+
+impl sql::Host for HostState {
+    async fn query(
+        &mut self,
+        _connection: String,
+        _statement: String,
+        _params: Vec<sql::Value>,
+    ) -> wasmtime::Result<Result<sql::Rows, CapabilityError>> {
+        Ok(Err(self.ctx.refuse("sql")))
+    }
+}
+
+impl ldap::Host for HostState {
+    async fn bind(
+        &mut self,
+        _directory: String,
+        _dn: String,
+        _password: Vec<u8>,
+    ) -> wasmtime::Result<Result<bool, CapabilityError>> {
+        Ok(Err(self.ctx.refuse("ldap")))
+    }
+
+    async fn search(
+        &mut self,
+        _directory: String,
+        _base: String,
+        _scope: ldap::Scope,
+        _filter: String,
+        _attributes: Vec<String>,
+    ) -> wasmtime::Result<Result<Vec<ldap::Entry>, CapabilityError>> {
+        Ok(Err(self.ctx.refuse("ldap")))
+    }
+}
+
+impl http::Host for HostState {
+    async fn fetch(
+        &mut self,
+        _request: http::Request,
+    ) -> wasmtime::Result<Result<http::Response, CapabilityError>> {
+        Ok(Err(self.ctx.refuse("http")))
+    }
+}
