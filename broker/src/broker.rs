@@ -682,6 +682,8 @@ pub struct Broker {
     shared: Arc<Shared>,
     listeners: Vec<(Arc<str>, SocketAddr)>,
     bound: Vec<Arc<crate::net::Listener>>,
+    /// The plugin chain, when the broker runs one (not with [`Broker::start_with`]).
+    chain: Option<crate::policy::chain::Chain>,
 }
 
 impl Broker {
@@ -689,21 +691,30 @@ impl Broker {
     /// nothing should be written to disk unless asked for), and the configured plugin chain.
     /// The `moat` command uses [`Broker::open`].
     pub async fn start(config: Config) -> Result<Broker, StartError> {
-        let policy = Broker::load_policy(&config).await?;
-        Broker::start_with(config, Arc::new(MemoryStore::new()), policy).await
+        let chain = Broker::load_chain(&config).await?;
+        let mut broker = Broker::start_with(
+            config,
+            Arc::new(MemoryStore::new()),
+            Arc::new(chain.clone()),
+        )
+        .await?;
+        broker.chain = Some(chain);
+        Ok(broker)
     }
 
     /// Starts as the `moat` command does: with the store `[storage]` configures (by default
     /// the embedded database in the platform's state directory) and the configured plugin
     /// chain.
     pub async fn open(config: Config) -> Result<Broker, StartError> {
-        let policy = Broker::load_policy(&config).await?;
+        let chain = Broker::load_chain(&config).await?;
         let storage = config.storage.clone();
         // Opening reads the whole database: off the async threads.
         let store = tokio::task::spawn_blocking(move || crate::store::open(&storage))
             .await
             .map_err(|e| StoreError(format!("the store's start failed: {e}")))??;
-        Broker::start_with(config, store, policy).await
+        let mut broker = Broker::start_with(config, store, Arc::new(chain.clone())).await?;
+        broker.chain = Some(chain);
+        Ok(broker)
     }
 
     /// Starts with in-memory state and no security at all ([`AllowAll`]): for embedding
@@ -718,7 +729,7 @@ impl Broker {
     /// Refuses a listener on a non-loopback address that would let clients in without
     /// credentials, unless `security.allow_anonymous_remote` says so: with no plugin
     /// authenticating there, or with a chain that lets an anonymous client in.
-    async fn load_policy(config: &Config) -> Result<Arc<dyn Policy>, StartError> {
+    async fn load_chain(config: &Config) -> Result<crate::policy::chain::Chain, StartError> {
         let chain = crate::policy::chain::Chain::load(config).await?;
         if !config.security.allow_anonymous_remote {
             for l in config
@@ -740,7 +751,12 @@ impl Broker {
                 });
             }
         }
-        Ok(Arc::new(chain))
+        Ok(chain)
+    }
+
+    /// The plugin chain the broker asks, when it runs one.
+    pub fn plugins(&self) -> Option<&crate::policy::chain::Chain> {
+        self.chain.as_ref()
     }
 
     /// Binds every listener, restores the store's state, and starts serving.
@@ -827,6 +843,7 @@ impl Broker {
             shared,
             listeners,
             bound: running,
+            chain: None,
         })
     }
 

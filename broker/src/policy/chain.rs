@@ -122,17 +122,20 @@ pub struct Chain {
 /// The chain of a configuration with no `[[plugin]]`: `allow-anonymous` on the listeners bound
 /// to a loopback address (on every listener with `security.allow_anonymous_remote`).
 pub fn default_chain(config: &Config) -> Vec<PluginConfig> {
-    let listeners: Vec<serde_json::Value> = config
+    let listeners: Vec<String> = config
         .listeners
         .iter()
         .filter(|l| l.bind.ip().is_loopback() || config.security.allow_anonymous_remote)
-        .map(|l| serde_json::Value::String(l.name.clone()))
+        .map(|l| l.name.clone())
         .collect();
     let mut plugin_config = serde_json::Map::new();
-    plugin_config.insert("listeners".into(), serde_json::Value::Array(listeners));
+    plugin_config.insert("listeners".into(), listeners.clone().into());
     vec![PluginConfig {
         name: "allow-anonymous".into(),
         bundled: Some("allow-anonymous".into()),
+        // Also the chain's own listener filter, so that the broker knows nothing
+        // authenticates clients on the other listeners.
+        listeners: Some(listeners),
         config: plugin_config,
         ..PluginConfig::default()
     }]
@@ -251,8 +254,7 @@ async fn load_slot(spec: &PluginConfig, disk: Option<&DiskCache>) -> Result<Slot
     };
     let bytes = bytes.map_err(fail)?;
     if let Some(expected) = &spec.sha256 {
-        use sha2::Digest;
-        let actual = hex(&sha2::Sha256::digest(&bytes));
+        let actual = super::wasm::sha256_hex(&bytes);
         if !actual.eq_ignore_ascii_case(expected) {
             return Err(fail(LoadError::Hash {
                 expected: expected.clone(),

@@ -31,11 +31,24 @@ impl TestBroker {
     }
 }
 
-/// Starts a broker on 127.0.0.1 with an ephemeral port, `$SYS` off, and `tweak` applied.
-pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestBroker {
+/// The configuration every test broker starts from: one listener on 127.0.0.1 with an
+/// ephemeral port, `$SYS` off, and compiled plugins cached where all tests share them.
+pub fn test_config() -> Config {
     let mut config = Config::default();
     config.apply_listen_overrides(&["127.0.0.1:0".parse().unwrap()]);
     config.sys.interval = Duration::ZERO;
+    config.plugins.cache_dir = Some(plugin_cache_dir());
+    config
+}
+
+/// The compiled-plugin cache the tests share (in the target directory, owned by the user).
+pub fn plugin_cache_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache")
+}
+
+/// Starts a broker from [`test_config`] with `tweak` applied.
+pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestBroker {
+    let mut config = test_config();
     tweak(&mut config);
     let broker = Broker::start(config).await.expect("broker starts");
     let addr = broker.local_addr();

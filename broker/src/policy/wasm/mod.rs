@@ -40,6 +40,13 @@ pub use harness::Harness;
 pub use host::PluginContext;
 pub use plugin::{Failure, Generation, Limits, Stats};
 
+/// The SHA-256 of `bytes`, lowercase hex: how a plugin's content is named (`sha256` pins,
+/// logs, the compile cache).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(bytes))
+}
+
 /// Why a plugin could not be loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LoadError {

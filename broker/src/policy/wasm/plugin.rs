@@ -86,6 +86,26 @@ pub struct Stats {
     pub deadline_hits: AtomicU64,
     pub malformed: AtomicU64,
     pub instances_created: AtomicU64,
+    /// Calls running now, and the most that ever ran at once.
+    pub in_flight: AtomicU64,
+    pub max_in_flight: AtomicU64,
+}
+
+/// Counts one call in flight while it lives.
+struct Running<'a>(&'a Stats);
+
+impl<'a> Running<'a> {
+    fn start(stats: &'a Stats) -> Running<'a> {
+        let now = stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        stats.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        Running(stats)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Re-instantiations a failing plugin may do in a burst, and per second after that.
@@ -242,6 +262,7 @@ impl Generation {
         call: impl AsyncFnOnce(&mut Instance) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let _running = Running::start(&self.stats);
         let deadline = tokio::time::Instant::now() + timeout;
         let work = async {
             let mut lease = self.lease().await?;

@@ -29,8 +29,9 @@ struct Config {
     publish: Vec<Rule>,
     subscribe: Vec<Rule>,
     deliver: Vec<Rule>,
-    /// A publish to this topic revokes the topic in its payload: later publishes to it are
-    /// denied (kept in `kv`, so every instance sees it) and cached decisions are dropped.
+    /// A publish to `<revoke_topic>/<topic>` revokes `<topic>`: later publishes to it and
+    /// deliveries of it are denied (kept in `kv`, so every instance sees it) and cached
+    /// decisions are dropped (`invalidate`).
     revoke_topic: Option<String>,
     faults: Vec<Fault>,
 }
@@ -325,10 +326,13 @@ impl Plugin for TestPolicy {
 
     fn authorize_publish(&self, client: &Client, identity: &Identity, msg: &Publish) -> Verdict {
         self.fault("publish", &msg.topic);
-        if let Some(revoke) = &self.config.revoke_topic
-            && &msg.topic == revoke
+        if let Some(target) = self
+            .config
+            .revoke_topic
+            .as_ref()
+            .and_then(|prefix| msg.topic.strip_prefix(prefix.as_str()))
+            .and_then(|rest| rest.strip_prefix('/'))
         {
-            let target = String::from_utf8_lossy(msg.payload.as_deref().unwrap_or_default());
             let _ = kv::set(&format!("revoked:{target}"), b"1", None);
             host::invalidate();
             host::count("revocations", 1);
