@@ -531,6 +531,8 @@ impl Shared {
                 client_id: client.client_id.clone(),
                 username: client.username.clone(),
                 protocol: client.protocol,
+                listener: client.listener.clone(),
+                identity: (*identity).clone(),
                 message: message.clone(),
                 publish_at: crate::store::disk::unix_now() + u64::from(delay),
             }));

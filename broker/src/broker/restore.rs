@@ -16,7 +16,7 @@ use bytestring::ByteString;
 
 use super::Shared;
 use crate::codec::QoS;
-use crate::policy::{ClientInfo, Identity};
+use crate::policy::ClientInfo;
 use crate::session::state::{Outbound, Phase, Subscribed};
 use crate::session::{Delivery, Session, SessionRef, SessionState};
 use crate::store::{Change, NEVER_EXPIRES, QueuedRecord, Snapshot};
@@ -124,22 +124,20 @@ impl Shared {
     }
 
     /// Publishes a stored will when its delay is over, or at once if its session is gone.
-    /// The policy sees the client id and user name it was stored with; the connection it came
-    /// from no longer exists.
+    /// The policy sees the client id, user name, listener and identity it was stored with (the
+    /// plugin that authenticated the client gets its session state back); only the address
+    /// and TLS facts of the connection, which no longer exists, are gone.
     fn restore_will(self: &Arc<Self>, will: crate::store::WillRecord, now: u64) {
         let session = self.sessions.lock().get(&will.client_id).cloned();
         let client = Arc::new(ClientInfo {
             client_id: will.client_id.clone(),
             username: will.username.clone(),
             remote_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-            listener: Arc::from(""),
+            listener: will.listener.clone(),
             protocol: will.protocol,
             tls: None,
         });
-        let identity = Arc::new(Identity {
-            principal: will.username.clone().unwrap_or_default(),
-            ..Identity::default()
-        });
+        let identity = Arc::new(will.identity.clone());
         let delay = Duration::from_secs(will.publish_at.saturating_sub(now));
         let shared = self.clone();
         self.spawn(async move {

@@ -43,6 +43,7 @@ use crate::codec::{ProtocolVersion, QoS, SubscriptionOptions};
 use crate::config::{StorageBackend, StorageConfig};
 use crate::message::Message;
 use crate::pending::Pending;
+use crate::policy::Identity;
 
 pub use disk::DiskStore;
 pub use memory::MemoryStore;
@@ -107,6 +108,10 @@ pub struct WillRecord {
     pub client_id: ByteString,
     pub username: Option<ByteString>,
     pub protocol: ProtocolVersion,
+    /// The listener the client came in through, and who it was: a will published after a
+    /// restart is authorized as it would have been before.
+    pub listener: Arc<str>,
+    pub identity: Identity,
     pub message: Arc<Message>,
     /// Seconds since the Unix epoch when it is due.
     pub publish_at: u64,

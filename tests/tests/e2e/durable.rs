@@ -617,3 +617,58 @@ async fn what_expires_while_the_broker_is_down_is_gone_after_the_restart() {
         Some(&b"retained lasting"[..])
     );
 }
+
+/// A will waiting out its delay survives SIGKILL and is published after the restart, judged
+/// by the plugin chain as its client was (MQTT-3.1.3-9 across a restart): the default chain's
+/// allow-anonymous plugin only allows what clients it let in publish, so the stored identity
+/// (the plugin, its session state, the listener) must come back whole.
+#[tokio::test]
+async fn a_delayed_will_survives_a_crash_and_is_authorized_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path());
+    let mut connect = connect_v5("dying", true, 60);
+    connect.will = Some(moat::codec::Will {
+        topic: "wills/dying".into(),
+        payload: Bytes::from_static(b"bye"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties {
+            will_delay_interval: Some(2),
+            ..Properties::default()
+        },
+    });
+    let (wire, _) = Wire::connect(broker.addr, connect).await.expect("connects");
+    // The connection is lost: the will is scheduled, and stored.
+    drop(wire);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.kill();
+
+    let broker = BrokerProcess::start(dir.path());
+    let (mut watcher, _) = Wire::connect(broker.addr, connect_v5("watcher", true, 0))
+        .await
+        .expect("connects");
+    let sub = Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        filters: vec![(
+            "wills/#".into(),
+            SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            },
+        )],
+        properties: Properties::default(),
+    });
+    assert!(watcher.send(&sub).await.is_ok());
+    let mut will = None;
+    while let Ok(Some(packet)) = watcher.recv(Duration::from_secs(6)).await {
+        if let Packet::Publish(p) = packet {
+            will = Some(p);
+            break;
+        }
+    }
+    let will = will.expect("the will is published after the restart");
+    assert_eq!(
+        (&*will.topic, &will.payload[..]),
+        ("wills/dying", &b"bye"[..])
+    );
+}

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{ProtocolVersion, QoS, RetainHandling, SubscriptionOptions};
 use crate::message::{Message, MessageProperties};
+use crate::policy::Identity;
 use crate::store::{SessionRecord, SubscriptionRecord};
 
 /// A record in one of its layouts.
@@ -246,8 +247,50 @@ impl SessionV1 {
 pub(super) struct WillV1<'a> {
     pub username: Option<Cow<'a, str>>,
     pub protocol: u8,
+    pub listener: Cow<'a, str>,
+    pub identity: IdentityV1<'a>,
     pub publish_at: u64,
     pub message: MessageV1<'a>,
+}
+
+/// Who a client was (`policy::Identity`), for a will published after a restart.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct IdentityV1<'a> {
+    pub principal: Cow<'a, str>,
+    pub roles: Vec<Cow<'a, str>>,
+    pub expires_at: Option<u64>,
+    #[serde(with = "raw_bytes")]
+    pub session_state: Cow<'a, [u8]>,
+    pub authenticated_by: Option<Cow<'a, str>>,
+    pub state_version: u32,
+}
+
+impl<'a> IdentityV1<'a> {
+    fn from_identity(i: &'a Identity) -> IdentityV1<'a> {
+        IdentityV1 {
+            principal: Cow::Borrowed(&i.principal),
+            roles: i.roles.iter().map(|r| Cow::Borrowed(&**r)).collect(),
+            expires_at: i.expires_at,
+            session_state: Cow::Borrowed(&i.session_state),
+            authenticated_by: i.authenticated_by.as_deref().map(Cow::Borrowed),
+            state_version: i.state_version,
+        }
+    }
+
+    fn into_identity(self) -> Identity {
+        Identity {
+            principal: ByteString::from(self.principal.into_owned()),
+            roles: self
+                .roles
+                .into_iter()
+                .map(|r| ByteString::from(r.into_owned()))
+                .collect(),
+            expires_at: self.expires_at,
+            session_state: Bytes::from(self.session_state.into_owned()),
+            authenticated_by: self.authenticated_by.map(|a| Arc::from(&*a)),
+            state_version: self.state_version,
+        }
+    }
 }
 
 impl<'a> WillV1<'a> {
@@ -255,6 +298,8 @@ impl<'a> WillV1<'a> {
         WillV1 {
             username: w.username.as_deref().map(Cow::Borrowed),
             protocol: protocol_code(w.protocol),
+            listener: Cow::Borrowed(&w.listener),
+            identity: IdentityV1::from_identity(&w.identity),
             publish_at: w.publish_at,
             message: MessageV1::from_message(&w.message, now),
         }
@@ -273,6 +318,8 @@ impl<'a> WillV1<'a> {
             client_id: client_id.into(),
             username: self.username.map(|u| ByteString::from(u.into_owned())),
             protocol,
+            listener: Arc::from(&*self.listener),
+            identity: self.identity.into_identity(),
             message: Arc::new(message),
             publish_at: self.publish_at,
         }))

@@ -152,6 +152,15 @@ async fn what_was_applied_is_loaded_after_reopening() {
             client_id: "s2".into(),
             username: Some("u".into()),
             protocol: ProtocolVersion::V5,
+            listener: "default".into(),
+            identity: crate::policy::Identity {
+                principal: "u".into(),
+                roles: vec!["r".into()],
+                expires_at: Some(9),
+                session_state: bytes::Bytes::from_static(b"state"),
+                authenticated_by: Some("acl".into()),
+                state_version: 2,
+            },
             message: message("will", "bye", None),
             publish_at: 1_000,
         }),
@@ -197,6 +206,19 @@ async fn what_was_applied_is_loaded_after_reopening() {
     assert_eq!(snap.inbound_qos2, vec![("pub".into(), 7)]);
     assert_eq!(snap.wills.len(), 1);
     assert_eq!(snap.wills[0].message.payload, Bytes::from("bye"));
+    // Who the client was comes back whole, for the policy to judge the will as before.
+    assert_eq!(&*snap.wills[0].listener, "default");
+    let identity = &snap.wills[0].identity;
+    assert_eq!(
+        (
+            &*identity.principal,
+            identity.expires_at,
+            &identity.session_state[..]
+        ),
+        ("u", Some(9), &b"state"[..])
+    );
+    assert_eq!(identity.authenticated_by.as_deref(), Some("acl"));
+    assert_eq!((identity.roles.len(), identity.state_version), (1, 2));
     assert_eq!(snap.next_seq, 13);
 }
 
