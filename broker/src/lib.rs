@@ -18,8 +18,9 @@
 //!   state outlives connections for persistent sessions.
 //! - [`broker`]: broker-wide shared state and operations (route, retain, take over or end a
 //!   session, will messages, `$SYS`), and [`Broker`], the running server.
-//! - [`policy`]: the seam every security decision goes through; [`policy::AllowAll`] until the
-//!   plugin runtime provides Wasm-backed policies.
+//! - [`policy`]: the seam every security decision goes through, the per-session decision
+//!   cache, the chain of plugins, and [`policy::wasm`], the sandboxed WebAssembly plugin host
+//!   (wasmtime) that runs them.
 //! - [`store`]: the seam for durable state, as a journal of changes plus a snapshot to restore;
 //!   [`store::DiskStore`] (redb, group commit) and [`store::MemoryStore`].
 //! - [`net`]: listeners and accept loops.

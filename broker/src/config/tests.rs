@@ -138,6 +138,25 @@ fn example_documents_every_key() {
         "backend",
         "dir",
         "durability",
+        "allow_anonymous_remote",
+        "foreign_session",
+        "exhausted",
+        "cache_dir",
+        "decision_cache_size",
+        "wasm",
+        "bundled",
+        "sha256",
+        "hooks",
+        "listeners",
+        "on_failure",
+        "min_instances",
+        "max_instances",
+        "memory_limit_mib",
+        "cpu_budget_ms",
+        "authenticate_timeout_ms",
+        "authorize_timeout_ms",
+        "max_entries",
+        "max_bytes",
         "commit_interval_ms",
     ] {
         assert!(
@@ -554,7 +573,145 @@ const BAD: &[(&str, &str, usize, &str, &str)] = &[
         "sys.interval",
         "must be between 0 and 86400",
     ),
+    (
+        "plugin without a source",
+        "[[plugin]]\nname = \"acl\"\n",
+        1,
+        "plugin[0].wasm",
+        "needs `wasm",
+    ),
+    (
+        "plugin with two sources",
+        "[[plugin]]\nname = \"acl\"\nwasm = \"a.wasm\"\nbundled = \"allow-anonymous\"\n",
+        4,
+        "plugin[0].bundled",
+        "not both",
+    ),
+    (
+        "unknown bundled plugin",
+        "[[plugin]]\nname = \"acl\"\nbundled = \"nope\"\n",
+        3,
+        "plugin[0].bundled",
+        "no bundled plugin called \"nope\"",
+    ),
+    (
+        "duplicate plugin name",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\n[[plugin]]\nname = \"a\"\nwasm = \"b.wasm\"\n",
+        5,
+        "plugin[1].name",
+        "duplicate plugin name",
+    ),
+    (
+        "unknown hook",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\nhooks = [\"authorise\"]\n",
+        4,
+        "plugin[0].hooks[0]",
+        "unknown variant `authorise`",
+    ),
+    (
+        "plugin on an unknown listener",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\nlisteners = [\"lan\"]\n",
+        4,
+        "plugin[0].listeners",
+        "no listener called \"lan\"",
+    ),
+    (
+        "plugin memory limit",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\nmemory_limit_mib = 0\n",
+        4,
+        "plugin[0].memory_limit_mib",
+        "must be between 1 and 4096, got 0",
+    ),
+    (
+        "plugin pool bounds",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\nmin_instances = 8\nmax_instances = 2\n",
+        4,
+        "plugin[0].min_instances",
+        "must not exceed max_instances",
+    ),
+    (
+        "plugin digest",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\nsha256 = \"abc\"\n",
+        4,
+        "plugin[0].sha256",
+        "64 hexadecimal digits",
+    ),
+    (
+        "unknown plugin key",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\ntimeout = 3\n",
+        4,
+        "plugin[0].timeout",
+        "unknown field `timeout`",
+    ),
+    (
+        "exhausted",
+        "[plugins]\nexhausted = \"maybe\"\n",
+        2,
+        "plugins.exhausted",
+        "unknown variant `maybe`",
+    ),
+    (
+        "foreign session",
+        "[security]\nforeign_session = \"share\"\n",
+        2,
+        "security.foreign_session",
+        "unknown variant `share`",
+    ),
 ];
+
+#[test]
+fn plugins_parse_with_their_own_config_table() {
+    let c = parse(
+        r#"
+[plugins]
+exhausted = "allow"
+decision_cache_size = 16
+
+[[plugin]]
+name = "acl"
+wasm = "acl.wasm"
+hooks = ["authenticate", "authorize-publish"]
+on_failure = "next"
+max_instances = 4
+[plugin.grants.kv]
+max_entries = 10
+[plugin.config]
+users = { alice = "secret" }
+levels = [1, 2]
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.plugins.exhausted, Exhausted::Allow);
+    assert_eq!(c.plugins.decision_cache_size, 16);
+    let p = &c.plugin_chain[0];
+    assert_eq!(
+        p.hooks,
+        Some(vec![HookName::Authenticate, HookName::AuthorizePublish])
+    );
+    assert_eq!(p.on_failure, OnFailure::Next);
+    assert_eq!((p.max_instances, p.min_instances), (4, 1));
+    assert_eq!(p.grants.kv.as_ref().map(|k| k.max_entries), Some(10));
+    assert_eq!(
+        serde_json::Value::Object(p.config.clone()).to_string(),
+        r#"{"levels":[1,2],"users":{"alice":"secret"}}"#
+    );
+}
+
+#[test]
+fn plugin_files_are_relative_to_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("moat.toml");
+    std::fs::write(
+        &path,
+        "[[plugin]]\nname = \"a\"\nwasm = \"plugins/a.wasm\"\n",
+    )
+    .unwrap();
+    let c = Config::load(&path).unwrap();
+    assert_eq!(
+        c.plugin_chain[0].wasm,
+        Some(dir.path().join("plugins/a.wasm"))
+    );
+}
 
 #[test]
 fn bad_configs_name_file_line_and_key() {
