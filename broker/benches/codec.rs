@@ -6,17 +6,18 @@ use std::hint::black_box;
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use moat::codec::{
-    Packet, Properties, ProtocolVersion, Publish, QoS, check, decode, encode, encoded_len,
+    Packet, Properties, PropertyValues, ProtocolVersion, Publish, QoS, check, decode, encode,
+    encoded_len,
 };
 
 fn publish(version: ProtocolVersion) -> Packet {
     let properties = match version {
         ProtocolVersion::V311 => Properties::default(),
-        ProtocolVersion::V5 => Properties {
+        ProtocolVersion::V5 => Properties::from(PropertyValues {
             message_expiry_interval: Some(3600),
             user_properties: vec![("trace-id".into(), "4bf92f3577b34da6".into())],
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }),
     };
     Packet::Publish(Publish {
         dup: false,

@@ -28,6 +28,9 @@ pub struct MessageProperties {
 impl MessageProperties {
     /// Takes the forwarded properties out of a decoded PUBLISH or will.
     pub fn from_packet(p: &mut Properties) -> MessageProperties {
+        let Some(p) = p.values_mut() else {
+            return MessageProperties::default();
+        };
         MessageProperties {
             payload_format_indicator: p.payload_format_indicator,
             content_type: p.content_type.take(),

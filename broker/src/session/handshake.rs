@@ -19,8 +19,8 @@ use super::connection::Conn;
 use super::{Kick, Session, SessionRef, SessionState};
 use crate::broker::Shared;
 use crate::codec::{
-    self, Auth, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolVersion, QoS,
-    ReasonCode, Will,
+    self, Auth, ConnAck, Connect, DecodeError, Packet, Properties, PropertyValues, ProtocolVersion,
+    QoS, ReasonCode, Will,
 };
 use crate::message::Message;
 use crate::metrics::Limit;
@@ -203,7 +203,9 @@ fn detach(s: &mut ByteString) {
 fn detach_will(w: &mut Will) {
     detach(&mut w.topic);
     w.payload = Bytes::copy_from_slice(&w.payload);
-    let p = &mut w.properties;
+    let Some(p) = w.properties.values_mut() else {
+        return;
+    };
     for s in [&mut p.content_type, &mut p.response_topic]
         .into_iter()
         .flatten()
@@ -502,11 +504,11 @@ async fn authenticate<IO: AsyncRead + AsyncWrite + Unpin>(
         };
         let auth = Packet::Auth(Auth {
             reason_code: ReasonCode::CONTINUE_AUTHENTICATION,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 authentication_method: Some(method.clone()),
                 authentication_data: Some(data),
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
         });
         if write_packet(shared, exchange.io, &auth, version)
             .await
@@ -545,7 +547,7 @@ async fn client_auth<IO: AsyncRead + Unpin>(
             if a.properties.authentication_method.as_ref() != Some(method) {
                 return Err(protocol_error("AUTH with another authentication method"));
             }
-            Ok(a.properties.authentication_data.unwrap_or_default())
+            Ok(a.properties.authentication_data.clone().unwrap_or_default())
         }
         // The client gave up.
         Ok(Packet::Disconnect(_)) => Err(Refused::Silent),

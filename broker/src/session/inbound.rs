@@ -209,7 +209,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
             return Err(closed(ReasonCode::PROTOCOL_ERROR)); // MQTT-3.3.4-6
         }
         // Topic alias (section 3.3.2.3.4).
-        if let Some(alias) = p.properties.topic_alias.take() {
+        // (Through `values_mut`: most PUBLISHes have no properties to allocate.)
+        if let Some(alias) = p.properties.values_mut().and_then(|v| v.topic_alias.take()) {
             if alias == 0 || alias > limits.topic_alias_maximum {
                 return Err(closed(ReasonCode::TOPIC_ALIAS_INVALID)); // MQTT-3.2.2-17, section 3.3.4
             }

@@ -15,7 +15,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::Delivery;
 use super::connection::{Conn, WRITE_HIGH_WATER};
 use super::state::{Outbound, Phase};
-use crate::codec::{Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS};
+use crate::codec::{
+    Packet, Properties, PropertyValues, ProtocolVersion, PubResponse, Publish, QoS,
+};
 use crate::metrics::DropCause;
 use crate::pending::Pending;
 use crate::policy::Verdict;
@@ -222,28 +224,35 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
         now: Instant,
     ) -> bool {
         let m = &d.message;
-        let mut properties = Properties::default();
         let mut topic = m.topic.clone();
         let mut new_alias = None;
+        let mut properties = Properties::default();
         if self.version == ProtocolVersion::V5 {
+            // The values go into a per-thread allocation that is reused, not one per delivery.
+            let mut v = SPARE_PROPERTIES.take().unwrap_or_default();
             // MQTT-3.3.2-... : forwarded unaltered, expiry counted down.
-            properties.payload_format_indicator = m.properties.payload_format_indicator;
-            properties.content_type = m.properties.content_type.clone();
-            properties.response_topic = m.properties.response_topic.clone();
-            properties.correlation_data = m.properties.correlation_data.clone();
-            properties.user_properties = m.properties.user_properties.clone();
-            properties.message_expiry_interval = m.remaining_expiry(now);
-            properties.subscription_identifiers = d.identifiers.to_vec();
+            v.payload_format_indicator = m.properties.payload_format_indicator;
+            v.content_type = m.properties.content_type.clone();
+            v.response_topic = m.properties.response_topic.clone();
+            v.correlation_data = m.properties.correlation_data.clone();
+            v.user_properties = m.properties.user_properties.clone();
+            v.message_expiry_interval = m.remaining_expiry(now);
+            v.subscription_identifiers = d.identifiers.to_vec();
             if self.client_alias_max > 0 {
                 let aliases = &self.aliases.get_or_insert_default().outbound;
                 if let Some(&alias) = aliases.get(&topic) {
-                    properties.topic_alias = Some(alias);
+                    v.topic_alias = Some(alias);
                     topic = Default::default();
                 } else if aliases.len() < usize::from(self.client_alias_max) {
                     // Recorded only once the packet is really sent, below.
                     new_alias = Some(aliases.len() as u16 + 1);
-                    properties.topic_alias = new_alias;
+                    v.topic_alias = new_alias;
                 }
+            }
+            if *v == PropertyValues::NONE {
+                SPARE_PROPERTIES.set(Some(v));
+            } else {
+                properties = Properties::from_box(v);
             }
         }
         let publish = Packet::Publish(Publish {
@@ -255,7 +264,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
             properties,
             payload: m.payload.clone(),
         });
-        if !self.send(&publish) {
+        let sent = self.send(&publish);
+        if let Packet::Publish(p) = publish
+            && let Some(mut v) = p.properties.into_box()
+        {
+            *v = PropertyValues::NONE;
+            SPARE_PROPERTIES.set(Some(v));
+        }
+        if !sent {
             self.shared
                 .metrics
                 .publish_dropped(DropCause::TooLargeForClient);
@@ -273,6 +289,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
 thread_local! {
     /// The batch buffer of `pump`, reused per worker thread rather than kept per connection.
     static SCRATCH: Cell<Vec<Delivery>> = const { Cell::new(Vec::new()) };
+    /// The property values of MQTT 5 deliveries, reused per worker thread.
+    static SPARE_PROPERTIES: Cell<Option<Box<PropertyValues>>> = const { Cell::new(None) };
 }
 
 /// Deliveries taken from the mailbox at a time.

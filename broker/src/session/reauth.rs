@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connection::{Conn, End};
 use crate::codec::reason::Carrier;
-use crate::codec::{Auth, Packet, Properties, ReasonCode};
+use crate::codec::{Auth, Packet, Properties, PropertyValues, ReasonCode};
 use crate::policy::{AuthOutcome, Credentials};
 
 const fn closed(reason: ReasonCode) -> Option<End> {
@@ -31,7 +31,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
         }
         let method = enhanced.method.clone();
         let pending = enhanced.pending.take();
-        let data = auth.properties.authentication_data.unwrap_or_default();
+        let data = auth
+            .properties
+            .authentication_data
+            .clone()
+            .unwrap_or_default();
         let policy = self.shared.policy.clone();
         let outcome = match (auth.reason_code, pending) {
             (ReasonCode::REAUTHENTICATE, None) => {
@@ -39,7 +43,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
                     password: None,
                     auth_method: Some(method.clone()),
                     auth_data: Some(data),
-                    user_properties: auth.properties.user_properties,
+                    user_properties: auth.properties.user_properties.clone(),
                 };
                 policy.authenticate(&self.client, credentials).get().await
             }
@@ -84,11 +88,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
         };
         self.send(&Packet::Auth(Auth {
             reason_code: reason,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 authentication_method: Some(method),
                 authentication_data: data,
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
         }));
         None
     }

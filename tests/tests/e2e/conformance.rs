@@ -13,8 +13,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use moat::codec::ProtocolVersion::{self, V5, V311};
 use moat::codec::{
-    self, Connect, Disconnect, Packet, Properties, PubResponse, Publish, QoS, ReasonCode,
-    RetainHandling, Subscribe, Unsubscribe, Will,
+    self, Connect, Disconnect, Packet, Properties, PropertyValues, PubResponse, Publish, QoS,
+    ReasonCode, RetainHandling, Subscribe, Unsubscribe, Will,
 };
 use moat::pending::Pending;
 use moat::policy::{
@@ -499,9 +499,11 @@ async fn qos2_sender_releases_on_pubrec_and_completes_on_pubcomp() {
 #[tokio::test]
 async fn v5_qos2_exchange_continues_after_the_message_expires() {
     let b = harness::start().await;
-    let expiring = || Properties {
-        message_expiry_interval: Some(1),
-        ..Properties::default()
+    let expiring = || {
+        Properties::from(PropertyValues {
+            message_expiry_interval: Some(1),
+            ..PropertyValues::default()
+        })
     };
     // Sender side: the broker delivers an expiring message that is never acknowledged.
     let (mut sub, _) = RawClient::handshake(b.addr, persistent(V5, "q2x-sub")).await;

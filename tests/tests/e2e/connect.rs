@@ -156,10 +156,12 @@ async fn v5_empty_client_id_gets_a_unique_assigned_identifier() {
     let id_a = ack_a
         .properties
         .assigned_client_identifier
+        .clone()
         .expect("assigned id");
     let id_b = ack_b
         .properties
         .assigned_client_identifier
+        .clone()
         .expect("assigned id");
     assert!(!id_a.is_empty() && !id_b.is_empty());
     assert_ne!(id_a, id_b, "assigned identifiers are unique");

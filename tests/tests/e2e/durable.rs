@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use moat::codec::{
-    self, ConnAck, Connect, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS,
-    Subscribe, SubscriptionOptions,
+    self, ConnAck, Connect, Packet, Properties, PropertyValues, ProtocolVersion, PubResponse,
+    Publish, QoS, Subscribe, SubscriptionOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -552,10 +552,10 @@ async fn publish_acked(
     let (mut wire, _) = Wire::connect(addr, connect_v5("exp-pub", true, 0))
         .await
         .expect("connects");
-    let properties = Properties {
+    let properties = Properties::from(PropertyValues {
         message_expiry_interval: expiry,
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     let p = Packet::Publish(Publish {
         dup: false,
         qos: QoS::AtLeastOnce,
@@ -632,10 +632,10 @@ async fn a_delayed_will_survives_a_crash_and_is_authorized_as_before() {
         payload: Bytes::from_static(b"bye"),
         qos: QoS::AtLeastOnce,
         retain: false,
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             will_delay_interval: Some(2),
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }),
     });
     let (wire, _) = Wire::connect(broker.addr, connect).await.expect("connects");
     // The connection is lost: the will is scheduled, and stored.

@@ -3,7 +3,9 @@
 //! around them. `test-policy` answers the method `TEST-CHALLENGE` with the challenge
 //! "challenge" and accepts "response:<user>" for a user it knows.
 
-use moat::codec::{Auth, Connect, Packet, Properties, ProtocolVersion, QoS, ReasonCode};
+use moat::codec::{
+    Auth, Connect, Packet, Properties, PropertyValues, ProtocolVersion, QoS, ReasonCode,
+};
 use serde_json::json;
 
 use crate::harness::{RawClient, TestBroker, raw_connect_packet, raw_publish};
@@ -24,11 +26,11 @@ async fn broker() -> TestBroker {
 fn auth(reason: ReasonCode, method: &str, data: &[u8]) -> Packet {
     Packet::Auth(Auth {
         reason_code: reason,
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             authentication_method: Some(method.into()),
             authentication_data: Some(bytes::Bytes::copy_from_slice(data)),
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }),
     })
 }
 

@@ -510,9 +510,9 @@ pub mod flows {
 
     use bytes::Bytes;
     use moat::codec::{
-        ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, PubResponse, Publish,
-        QoS, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
-        Unsubscribe,
+        ConnAck, Connect, Disconnect, Packet, Properties, PropertyValues, ProtocolVersion,
+        PubResponse, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
+        SubscriptionOptions, UnsubAck, Unsubscribe,
     };
     use tokio::sync::mpsc;
     use tokio::task::JoinHandle;
@@ -667,10 +667,10 @@ pub mod flows {
 
         /// Subscribes to one filter with a subscription identifier; asserts the grant.
         pub async fn subscribe_id(&mut self, filter: &str, options: SubscriptionOptions, id: u32) {
-            let properties = Properties {
+            let properties = Properties::from(PropertyValues {
                 subscription_identifiers: vec![id],
-                ..Properties::default()
-            };
+                ..PropertyValues::default()
+            });
             let ack = self.subscribe_with(&[(filter, options)], properties).await;
             assert_eq!(
                 ack.reason_codes,

@@ -322,6 +322,7 @@ async fn assigned_client_identifiers_are_random() {
         let id = ack
             .properties
             .assigned_client_identifier
+            .clone()
             .expect("an assigned id")
             .to_string();
         let hex = id.strip_prefix("moat-").expect("moat-<hex>");

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use moat::codec::{self, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode};
+use moat::codec::{
+    self, Packet, Properties, PropertyValues, ProtocolVersion, Publish, QoS, ReasonCode,
+};
 
 use crate::harness;
 use crate::harness::flows::{Peer, connect_packet, publish_packet, text};
@@ -46,9 +48,11 @@ async fn client_topic_alias_is_resolved_to_the_full_topic() {
     let mut sub = Peer::connect(broker.addr, V5, "alias-in-sub").await;
     sub.subscribe("ta/#", QoS::AtLeastOnce).await;
     let mut publisher = Peer::connect(broker.addr, V5, "alias-in-pub").await;
-    let alias = |n| Properties {
-        topic_alias: Some(n),
-        ..Properties::default()
+    let alias = |n| {
+        Properties::from(PropertyValues {
+            topic_alias: Some(n),
+            ..PropertyValues::default()
+        })
     };
     let steps: [(&str, u16, &[u8]); 5] = [
         ("ta/long/topic/name", 1, b"1"),
@@ -125,10 +129,10 @@ fn resolve(aliases: &mut HashMap<u16, String>, p: &Publish, max: u16) -> String 
 #[tokio::test]
 async fn broker_uses_topic_aliases_when_the_client_allows_them() {
     let broker = harness::start().await;
-    let tam = Properties {
+    let tam = Properties::from(PropertyValues {
         topic_alias_maximum: Some(2),
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     let mut sub = connect_props(broker.addr, "alias-out", tam.clone()).await;
     sub.subscribe("tt/#", QoS::AtLeastOnce).await;
     let mut publisher = Peer::connect(broker.addr, V5, "alias-out-pub").await;
@@ -169,10 +173,10 @@ async fn broker_uses_topic_aliases_when_the_client_allows_them() {
 #[tokio::test]
 async fn no_topic_alias_for_a_client_that_allows_none() {
     let broker = harness::start().await;
-    let zero = Properties {
+    let zero = Properties::from(PropertyValues {
         topic_alias_maximum: Some(0),
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     let mut subs = [
         connect_props(broker.addr, "alias-zero", zero).await,
         connect_props(broker.addr, "alias-absent", Properties::default()).await,
@@ -206,10 +210,10 @@ async fn message_expiry_interval_is_counted_down() {
     offline.disconnect().await;
 
     let mut publisher = Peer::connect(broker.addr, V5, "expiry-pub").await;
-    let expiring = Properties {
+    let expiring = Properties::from(PropertyValues {
         message_expiry_interval: Some(10),
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     publisher
         .publish(with_props(
             publish_packet("ex/t", b"counted", QoS::AtLeastOnce, false),
@@ -264,10 +268,10 @@ async fn message_expired_while_subscriber_offline_is_dropped() {
     publisher
         .publish(with_props(
             publish_packet("ex/t", b"gone", QoS::AtLeastOnce, false),
-            Properties {
+            Properties::from(PropertyValues {
                 message_expiry_interval: Some(1),
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
         ))
         .await;
     publisher
@@ -307,11 +311,11 @@ async fn payload_format_and_content_type_are_forwarded() {
         ("pf/none", None, Some(""), b"x", QoS::AtLeastOnce),
     ];
     for (topic, pfi, ct, payload, qos) in cases {
-        let properties = Properties {
+        let properties = Properties::from(PropertyValues {
             payload_format_indicator: pfi,
             content_type: ct.map(Into::into),
-            ..Properties::default()
-        };
+            ..PropertyValues::default()
+        });
         publisher
             .publish(with_props(
                 publish_packet(topic, payload, qos, true),
@@ -350,9 +354,11 @@ async fn invalid_utf8_payload_with_format_indicator_is_refused_with_0x99() {
     let mut sub = Peer::connect(broker.addr, V5, "bad-utf8-sub").await;
     sub.subscribe("u8/#", QoS::AtLeastOnce).await;
     let mut publisher = Peer::connect(broker.addr, V5, "bad-utf8-pub").await;
-    let utf8 = || Properties {
-        payload_format_indicator: Some(1),
-        ..Properties::default()
+    let utf8 = || {
+        Properties::from(PropertyValues {
+            payload_format_indicator: Some(1),
+            ..PropertyValues::default()
+        })
     };
     let bad: &[u8] = &[b'o', b'k', 0xC3, 0x28];
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
@@ -400,11 +406,11 @@ async fn response_topic_and_correlation_data_are_forwarded() {
     requester
         .publish(with_props(
             publish_packet("rr/request", b"ping?", QoS::AtLeastOnce, false),
-            Properties {
+            Properties::from(PropertyValues {
                 response_topic: Some("rr/reply/requester".into()),
                 correlation_data: Some(correlation.clone()),
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
         ))
         .await;
 
@@ -418,10 +424,10 @@ async fn response_topic_and_correlation_data_are_forwarded() {
     responder
         .publish(with_props(
             publish_packet(&reply_to, b"pong", QoS::AtLeastOnce, false),
-            Properties {
+            Properties::from(PropertyValues {
                 correlation_data: req.properties.correlation_data.clone(),
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
         ))
         .await;
 
@@ -452,10 +458,10 @@ async fn user_properties_are_forwarded_in_order() {
         publisher
             .publish(with_props(
                 publish_packet("up/t", b"x", qos, false),
-                Properties {
+                Properties::from(PropertyValues {
                     user_properties: props.iter().map(|&(k, v)| (k.into(), v.into())).collect(),
-                    ..Properties::default()
-                },
+                    ..PropertyValues::default()
+                }),
             ))
             .await;
     }
@@ -478,10 +484,10 @@ async fn user_properties_are_forwarded_in_order() {
 #[tokio::test]
 async fn messages_over_the_client_maximum_packet_size_are_not_sent() {
     let broker = harness::start().await;
-    let max = Properties {
+    let max = Properties::from(PropertyValues {
         maximum_packet_size: Some(100),
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     let mut small = connect_props(broker.addr, "mps-small", max).await;
     small.subscribe("mps/#", QoS::AtLeastOnce).await;
     let mut big = Peer::connect(broker.addr, V5, "mps-big").await;
@@ -539,20 +545,20 @@ async fn no_reason_string_on_puback_when_problem_information_is_not_requested() 
     let refused = |topic: &str| {
         with_props(
             publish_packet(topic, &[0xFF], QoS::AtLeastOnce, false),
-            Properties {
+            Properties::from(PropertyValues {
                 payload_format_indicator: Some(1),
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }),
         )
     };
 
     let mut quiet = connect_props(
         broker.addr,
         "rpi-0",
-        Properties {
+        Properties::from(PropertyValues {
             request_problem_information: Some(0),
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }),
     )
     .await;
     let ack = quiet.publish(refused("rpi/t")).await.unwrap();
@@ -597,6 +603,7 @@ async fn response_information_only_when_requested() {
     let info = ack
         .properties
         .response_information
+        .clone()
         .expect("Response Information in CONNACK")
         .to_string();
     assert!(!info.is_empty());
@@ -621,9 +628,11 @@ async fn topic_alias_above_the_maximum_is_refused_with_0x94() {
     let broker = harness::start_with(|c| c.limits.topic_alias_maximum = 2).await;
     let (mut c, ack) = Peer::connect_with(broker.addr, connect_packet(V5, "alias-max")).await;
     assert_eq!(ack.properties.topic_alias_maximum, Some(2));
-    let alias = |n| Properties {
-        topic_alias: Some(n),
-        ..Properties::default()
+    let alias = |n| {
+        Properties::from(PropertyValues {
+            topic_alias: Some(n),
+            ..PropertyValues::default()
+        })
     };
     let ok = c
         .publish(with_props(
@@ -650,9 +659,11 @@ async fn topic_alias_above_the_maximum_is_refused_with_0x94() {
 #[tokio::test]
 async fn unknown_topic_alias_is_a_protocol_error() {
     let broker = harness::start().await;
-    let alias = |n| Properties {
-        topic_alias: Some(n),
-        ..Properties::default()
+    let alias = |n| {
+        Properties::from(PropertyValues {
+            topic_alias: Some(n),
+            ..PropertyValues::default()
+        })
     };
     let mut c = Peer::connect(broker.addr, V5, "alias-unknown").await;
     c.publish(with_props(
@@ -688,18 +699,18 @@ async fn reason_string_is_left_out_to_fit_the_client_maximum_packet_size() {
     let mut c = connect_props(
         broker.addr,
         "rs-mps",
-        Properties {
+        Properties::from(PropertyValues {
             maximum_packet_size: Some(24),
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }),
     )
     .await;
     let mut p = with_props(
         publish_packet("rs/t", &[0xFF], QoS::AtLeastOnce, false),
-        Properties {
+        Properties::from(PropertyValues {
             payload_format_indicator: Some(1),
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }),
     );
     p.packet_id = Some(9);
     c.raw.send(&Packet::Publish(p)).await;

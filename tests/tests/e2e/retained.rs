@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use moat::codec::{Properties, ProtocolVersion, QoS, RetainHandling};
+use moat::codec::{Properties, PropertyValues, ProtocolVersion, QoS, RetainHandling};
 
 use crate::harness;
 use crate::harness::flows::{Peer, V4, opts, opts_rh, publish_packet, text};
@@ -324,10 +324,10 @@ async fn expired_retained_message_is_not_delivered() {
     let broker = harness::start().await;
     let mut publisher = Peer::connect(broker.addr, V5, "exp-pub").await;
     let mut p = publish_packet("exp/t", b"short-lived", QoS::AtLeastOnce, true);
-    p.properties = Properties {
+    p.properties = Properties::from(PropertyValues {
         message_expiry_interval: Some(1),
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     publisher.publish(p).await;
     publish_marker(&mut publisher).await;
 

@@ -29,7 +29,7 @@ fn user_props() -> Vec<(ByteString, ByteString)> {
 
 /// Will properties with every property the will allows (section 3.1.3.2).
 pub(super) fn will_props() -> Properties {
-    Properties {
+    Properties::from(PropertyValues {
         will_delay_interval: Some(30),
         payload_format_indicator: Some(1),
         message_expiry_interval: Some(600),
@@ -38,7 +38,7 @@ pub(super) fn will_props() -> Properties {
         correlation_data: Some(Bytes::from_static(&[0, 1, 2, 0xFF])),
         user_properties: user_props(),
         ..Default::default()
-    }
+    })
 }
 
 /// Sample packets. Those with `v5_only` set cannot be expressed in 3.1.1 (they are invalid
@@ -78,7 +78,7 @@ pub(super) fn samples() -> Vec<Sample> {
         }),
         username: Some(bs("alice")),
         password: Some(Bytes::from_static(b"s3cr\x00t")),
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             session_expiry_interval: Some(3600),
             receive_maximum: Some(20),
             maximum_packet_size: Some(1 << 20),
@@ -89,7 +89,7 @@ pub(super) fn samples() -> Vec<Sample> {
             authentication_method: Some(bs("SCRAM-SHA-256")),
             authentication_data: Some(Bytes::from_static(b"n,,n=alice")),
             ..Default::default()
-        },
+        }),
     };
     let minimal_connect = Connect {
         protocol: ProtocolVersion::V5,
@@ -112,7 +112,7 @@ pub(super) fn samples() -> Vec<Sample> {
         }),
         ..minimal_connect.clone()
     };
-    let connack_props = Properties {
+    let connack_props = Properties::from(PropertyValues {
         session_expiry_interval: Some(0),
         receive_maximum: Some(100),
         maximum_qos: Some(1),
@@ -131,8 +131,8 @@ pub(super) fn samples() -> Vec<Sample> {
         authentication_method: Some(bs("SCRAM-SHA-256")),
         authentication_data: Some(Bytes::from_static(b"r=nonce")),
         ..Default::default()
-    };
-    let publish_props = Properties {
+    });
+    let publish_props = Properties::from(PropertyValues {
         payload_format_indicator: Some(1),
         message_expiry_interval: Some(7),
         topic_alias: Some(5),
@@ -142,12 +142,12 @@ pub(super) fn samples() -> Vec<Sample> {
         subscription_identifiers: vec![1, 268_435_455, 42],
         content_type: Some(bs("application/json")),
         ..Default::default()
-    };
-    let ack_props = Properties {
+    });
+    let ack_props = Properties::from(PropertyValues {
         reason_string: Some(bs("because")),
         user_properties: user_props(),
         ..Default::default()
-    };
+    });
     let publish = |qos, dup, retain, topic: &str, id, properties, payload: &'static [u8]| {
         Packet::Publish(Publish {
             dup,
@@ -183,10 +183,10 @@ pub(super) fn samples() -> Vec<Sample> {
         s(Packet::ConnAck(ConnAck {
             session_present: false,
             reason_code: ReasonCode::NOT_AUTHORIZED,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 reason_string: Some(bs("no")),
                 ..Default::default()
-            },
+            }),
         })),
         s(Packet::ConnAck(ConnAck {
             session_present: false,
@@ -227,10 +227,10 @@ pub(super) fn samples() -> Vec<Sample> {
             false,
             "",
             Some(9),
-            Properties {
+            Properties::from(PropertyValues {
                 topic_alias: Some(5),
                 ..Default::default()
-            },
+            }),
             b"aliased",
         )),
         s(Packet::PubAck(PubResponse::success(1))),
@@ -262,11 +262,11 @@ pub(super) fn samples() -> Vec<Sample> {
                     opts(QoS::ExactlyOnce, false, true, RetainHandling::Never),
                 ),
             ],
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 subscription_identifiers: vec![268_435_455],
                 user_properties: user_props(),
                 ..Default::default()
-            },
+            }),
         })),
         s(Packet::SubAck(SubAck {
             packet_id: 10,
@@ -279,10 +279,10 @@ pub(super) fn samples() -> Vec<Sample> {
         s(Packet::Unsubscribe(Unsubscribe {
             packet_id: 11,
             filters: vec![bs("a/+/c"), bs("#"), bs("über/alles")],
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 user_properties: user_props(),
                 ..Default::default()
-            },
+            }),
         })),
         s(Packet::UnsubAck(UnsubAck {
             packet_id: 11,
@@ -299,13 +299,13 @@ pub(super) fn samples() -> Vec<Sample> {
         ))),
         s(Packet::Disconnect(Disconnect {
             reason_code: ReasonCode::SESSION_TAKEN_OVER,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 session_expiry_interval: Some(0),
                 reason_string: Some(bs("taken over")),
                 server_reference: Some(bs("b.example")),
                 user_properties: user_props(),
                 ..Default::default()
-            },
+            }),
         })),
         v5(Packet::Auth(Auth {
             reason_code: ReasonCode::SUCCESS,
@@ -313,13 +313,13 @@ pub(super) fn samples() -> Vec<Sample> {
         })),
         v5(Packet::Auth(Auth {
             reason_code: ReasonCode::CONTINUE_AUTHENTICATION,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 authentication_method: Some(bs("SCRAM-SHA-256")),
                 authentication_data: Some(Bytes::from_static(b"c=biws,r=nonce")),
                 reason_string: Some(bs("step 2")),
                 user_properties: user_props(),
                 ..Default::default()
-            },
+            }),
         })),
     ]
 }

@@ -100,10 +100,10 @@ fn short_forms_are_used() {
     let stray = Packet::PubAck(PubResponse {
         packet_id: 1,
         reason_code: ReasonCode::SUCCESS,
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             topic_alias: Some(1),
             ..Default::default()
-        },
+        }),
     });
     assert_eq!(&encode_checked(&stray, v5)[..], &[0x40, 0x02, 0x00, 0x01]);
     // 3.1.1 acknowledgements are always just the packet identifier.
@@ -269,10 +269,10 @@ fn encoder_sanitises_what_would_be_invalid() {
     let packet = Packet::Subscribe(Subscribe {
         packet_id: 1,
         filters: vec![(bs("t"), SubscriptionOptions::default())],
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             subscription_identifiers: vec![5, 6],
             ..Default::default()
-        },
+        }),
     });
     let Packet::Subscribe(back) = decode(encode_checked(&packet, v5), Some(v5)).unwrap() else {
         panic!()
