@@ -105,8 +105,12 @@ impl Shared {
     /// The broker's own limits on topic names and filters, beyond the specification's.
     pub fn topic_within_limits(&self, topic: &str) -> bool {
         let l = &self.config.limits;
+        let max_levels = l.max_topic_levels as usize;
+        // A topic has at most one level more than it has bytes, so short topics (most of them,
+        // with the default of 64 levels) need no counting: this runs on every PUBLISH.
         topic.len() <= l.max_topic_length as usize
-            && topic.split('/').count() <= l.max_topic_levels as usize
+            && (topic.len() < max_levels
+                || topic.bytes().filter(|&b| b == b'/').count() < max_levels)
     }
 
     /// Routes a message to every matching subscription. Full queues apply their overflow
