@@ -799,7 +799,12 @@ impl Broker {
             started: Instant::now(),
             tasks: TaskTracker::new(),
         });
+        let restoring = Instant::now();
         shared.restore(snapshot);
+        tracing::info!(
+            seconds = restoring.elapsed().as_secs_f64(),
+            "restored the stored state"
+        );
 
         let mut listeners = Vec::new();
         let mut running = Vec::new();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytestring::ByteString;
-use redb::{Database, ReadableTable, WriteTransaction};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use smallvec::SmallVec;
 
 use super::records::{self, MessageV1, QueuedV1, SessionV1, WillV1};
@@ -72,9 +72,33 @@ fn bad(table: &str, key: impl std::fmt::Debug, why: String) -> String {
     format!("unreadable record in table `{table}`, key {key:?}: {why}")
 }
 
+/// What the scan found expired or orphaned, deleted in one write transaction afterwards (the
+/// scan itself only reads, which is faster and leaves the file alone when nothing expired).
+#[derive(Default)]
+struct Purge {
+    retained: Vec<String>,
+    sessions: Vec<String>,
+    queue: Vec<(String, u64)>,
+    messages: Vec<u64>,
+    inbound: Vec<(String, u16)>,
+    wills: Vec<String>,
+}
+
+impl Purge {
+    fn is_empty(&self) -> bool {
+        self.retained.is_empty()
+            && self.sessions.is_empty()
+            && self.queue.is_empty()
+            && self.messages.is_empty()
+            && self.inbound.is_empty()
+            && self.wills.is_empty()
+    }
+}
+
 fn load(db: &Database) -> Result<(Snapshot, Bodies)> {
-    let txn = db.begin_write().map_err(io)?;
-    let mut changed = check_format(&txn)?;
+    check_format(db)?;
+    let txn = db.begin_read().map_err(io)?;
+    let mut purge = Purge::default();
     let now = (Instant::now(), records::unix_ms_now());
     let now_secs = now.1 / 1000;
     let mut snapshot = Snapshot {
@@ -83,9 +107,7 @@ fn load(db: &Database) -> Result<(Snapshot, Bodies)> {
     };
 
     // Retained messages; expired ones are purged.
-    {
-        let mut table = txn.open_table(RETAINED).map_err(io)?;
-        let mut expired = Vec::new();
+    if let Some(table) = open(&txn, RETAINED)? {
         for entry in table.iter().map_err(io)? {
             let (k, v) = entry.map_err(io)?;
             let topic = k.value();
@@ -94,20 +116,14 @@ fn load(db: &Database) -> Result<(Snapshot, Bodies)> {
                 .map_err(|e| bad("retained", topic, e))?;
             match message {
                 Some(m) => snapshot.retained.push(Arc::new(m)),
-                None => expired.push(topic.to_owned()),
+                None => purge.retained.push(topic.to_owned()),
             }
         }
-        for topic in &expired {
-            table.remove(topic.as_str()).map_err(io)?;
-        }
-        changed |= !expired.is_empty();
     }
 
     // Sessions; those whose expiry passed while the broker was down are purged below.
     let mut live = HashSet::new();
-    let mut gone = Vec::new();
-    {
-        let table = txn.open_table(SESSIONS).map_err(io)?;
+    if let Some(table) = open(&txn, SESSIONS)? {
         for entry in table.iter().map_err(io)? {
             let (k, v) = entry.map_err(io)?;
             let client_id = k.value();
@@ -119,19 +135,12 @@ fn load(db: &Database) -> Result<(Snapshot, Bodies)> {
                     .offline_since
                     .is_some_and(|t| t + u64::from(record.expiry_interval) <= now_secs);
             if expired {
-                gone.push(client_id.to_owned());
+                purge.sessions.push(client_id.to_owned());
             } else {
                 live.insert(client_id.to_owned());
                 snapshot.sessions.push(record);
             }
         }
-    }
-    {
-        let mut table = txn.open_table(SESSIONS).map_err(io)?;
-        for client_id in &gone {
-            table.remove(client_id.as_str()).map_err(io)?;
-        }
-        changed |= !gone.is_empty();
     }
 
     // Message bodies; expired ones count as missing.
@@ -140,8 +149,7 @@ fn load(db: &Database) -> Result<(Snapshot, Bodies)> {
         ..Bodies::default()
     };
     let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
-    {
-        let table = txn.open_table(MESSAGES).map_err(io)?;
+    if let Some(table) = open(&txn, MESSAGES)? {
         for entry in table.iter().map_err(io)? {
             let (k, v) = entry.map_err(io)?;
             let id = k.value();
@@ -156,9 +164,7 @@ fn load(db: &Database) -> Result<(Snapshot, Bodies)> {
     }
 
     // Queue entries of live sessions whose message is still alive; the rest is purged.
-    let mut dead_entries = Vec::new();
-    {
-        let table = txn.open_table(QUEUE).map_err(io)?;
+    if let Some(table) = open(&txn, QUEUE)? {
         for entry in table.iter().map_err(io)? {
             let (k, v) = entry.map_err(io)?;
             let (client_id, seq) = k.value();
@@ -167,7 +173,7 @@ fn load(db: &Database) -> Result<(Snapshot, Bodies)> {
                 .map_err(|e| bad("queue", (client_id, seq), e))?;
             let message = messages.get(&q.message);
             let (true, Some(message)) = (live.contains(client_id), message) else {
-                dead_entries.push((client_id.to_owned(), seq));
+                purge.queue.push((client_id.to_owned(), seq));
                 continue;
             };
             let qos = QoS::from_u8(q.qos)
@@ -191,36 +197,21 @@ fn load(db: &Database) -> Result<(Snapshot, Bodies)> {
             });
         }
     }
-    {
-        let mut table = txn.open_table(QUEUE).map_err(io)?;
-        for (client_id, seq) in &dead_entries {
-            table.remove((client_id.as_str(), *seq)).map_err(io)?;
-        }
-        changed |= !dead_entries.is_empty();
-    }
-    // Bodies nobody references any more.
-    {
-        let mut table = txn.open_table(MESSAGES).map_err(io)?;
-        let mut unreferenced: Vec<u64> = Vec::new();
+    // Bodies nobody references any more (expired ones included).
+    if let Some(table) = open(&txn, MESSAGES)? {
         for entry in table.iter().map_err(io)? {
             let (k, _) = entry.map_err(io)?;
             if !bodies.refs.contains_key(&k.value()) {
-                unreferenced.push(k.value());
+                purge.messages.push(k.value());
             }
         }
-        for id in &unreferenced {
-            table.remove(*id).map_err(io)?;
-        }
-        changed |= !unreferenced.is_empty();
     }
     for (id, (_, m)) in &bodies.refs {
         bodies.ids.insert(Arc::as_ptr(m) as usize, *id);
     }
 
     // Inbound QoS 2 ids of live sessions.
-    {
-        let mut table = txn.open_table(INBOUND).map_err(io)?;
-        let mut dead = Vec::new();
+    if let Some(table) = open(&txn, INBOUND)? {
         for entry in table.iter().map_err(io)? {
             let (k, _) = entry.map_err(io)?;
             let (client_id, packet_id) = k.value();
@@ -229,20 +220,14 @@ fn load(db: &Database) -> Result<(Snapshot, Bodies)> {
                     .inbound_qos2
                     .push((ByteString::from(client_id), packet_id));
             } else {
-                dead.push((client_id.to_owned(), packet_id));
+                purge.inbound.push((client_id.to_owned(), packet_id));
             }
         }
-        for (client_id, packet_id) in &dead {
-            table.remove((client_id.as_str(), *packet_id)).map_err(io)?;
-        }
-        changed |= !dead.is_empty();
     }
 
     // Delayed wills: all are handed over (a will whose session ended while the broker was
     // down is due now); an expired will message is dropped.
-    {
-        let mut table = txn.open_table(WILLS).map_err(io)?;
-        let mut dead = Vec::new();
+    if let Some(table) = open(&txn, WILLS)? {
         for entry in table.iter().map_err(io)? {
             let (k, v) = entry.map_err(io)?;
             let client_id = k.value();
@@ -251,36 +236,78 @@ fn load(db: &Database) -> Result<(Snapshot, Bodies)> {
                 .map_err(|e| bad("wills", client_id, e))?;
             match will {
                 Some(w) => snapshot.wills.push(w),
-                None => dead.push(client_id.to_owned()),
+                None => purge.wills.push(client_id.to_owned()),
             }
         }
-        for client_id in &dead {
-            table.remove(client_id.as_str()).map_err(io)?;
-        }
-        changed |= !dead.is_empty();
     }
-
-    if changed {
-        txn.commit()
-            .map_err(|e| format!("cannot purge expired state: {e}"))?;
-    } else {
-        txn.abort().map_err(io)?;
-    }
-    if !gone.is_empty() {
+    drop(txn);
+    if !purge.is_empty() {
+        apply_purge(db, &purge).map_err(|e| format!("cannot purge expired state: {e}"))?;
         tracing::info!(
-            sessions = gone.len(),
-            "purged sessions that expired while the broker was down"
+            sessions = purge.sessions.len(),
+            queued = purge.queue.len(),
+            retained = purge.retained.len(),
+            "purged what expired while the broker was down"
         );
     }
     Ok((snapshot, bodies))
 }
 
-/// Checks (or, for a new database, writes) the format number. True if it was written.
-fn check_format(txn: &WriteTransaction) -> Result<bool> {
-    let mut meta = txn.open_table(META).map_err(io)?;
-    let found = meta.get("format").map_err(io)?.map(|v| v.value());
+/// A table for reading; `None` if it was never created (a new database).
+fn open<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    table: redb::TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>> {
+    match txn.open_table(table) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn apply_purge(db: &Database, purge: &Purge) -> std::result::Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut t = txn.open_table(RETAINED)?;
+        for topic in &purge.retained {
+            t.remove(topic.as_str())?;
+        }
+        let mut t = txn.open_table(SESSIONS)?;
+        for client_id in &purge.sessions {
+            t.remove(client_id.as_str())?;
+        }
+        let mut t = txn.open_table(QUEUE)?;
+        for (client_id, seq) in &purge.queue {
+            t.remove((client_id.as_str(), *seq))?;
+        }
+        let mut t = txn.open_table(MESSAGES)?;
+        for id in &purge.messages {
+            t.remove(*id)?;
+        }
+        let mut t = txn.open_table(INBOUND)?;
+        for (client_id, packet_id) in &purge.inbound {
+            t.remove((client_id.as_str(), *packet_id))?;
+        }
+        let mut t = txn.open_table(WILLS)?;
+        for client_id in &purge.wills {
+            t.remove(client_id.as_str())?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Checks (or, for a new database, writes) the format number.
+fn check_format(db: &Database) -> Result {
+    let found = {
+        let txn = db.begin_read().map_err(io)?;
+        match open(&txn, META)? {
+            Some(meta) => meta.get("format").map_err(io)?.map(|v| v.value()),
+            None => None,
+        }
+    };
     match found {
-        Some(FORMAT) => Ok(false),
+        Some(FORMAT) => Ok(()),
         Some(newer) if newer > FORMAT => Err(format!(
             "written by a newer moat (store format {newer}; this release reads {FORMAT})"
         )),
@@ -288,8 +315,13 @@ fn check_format(txn: &WriteTransaction) -> Result<bool> {
             "store format {older} is not supported by this release (reads {FORMAT})"
         )),
         None => {
-            meta.insert("format", FORMAT).map_err(io)?;
-            Ok(true)
+            let txn = db.begin_write().map_err(io)?;
+            txn.open_table(META)
+                .map_err(io)?
+                .insert("format", FORMAT)
+                .map_err(io)?;
+            // The writer creates every table it uses in its first transaction.
+            txn.commit().map_err(io)
         }
     }
 }

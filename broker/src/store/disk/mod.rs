@@ -105,6 +105,7 @@ impl DiskStore {
             ))
         })?;
         let path = dir.join(FILE_NAME);
+        let started = std::time::Instant::now();
         let (db, snapshot, state) = load::open_and_load(&path)?;
         let inner = Arc::new(Inner {
             path: path.clone(),
@@ -129,7 +130,8 @@ impl DiskStore {
         };
         tracing::info!(path = %path.display(), durability = ?config.durability,
             retained = snapshot.retained.len(), sessions = snapshot.sessions.len(),
-            queued = snapshot.queued.len(), "store opened");
+            queued = snapshot.queued.len(), wills = snapshot.wills.len(), seconds = started.elapsed().as_secs_f64(),
+            "store opened");
         Ok(DiskStore {
             inner,
             durability: config.durability,
