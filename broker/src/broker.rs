@@ -28,7 +28,7 @@ use crate::config::{Config, ForeignSession};
 use crate::message::{Message, MessageProperties, cap_expiry};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::pending::Pending;
-use crate::policy::{AllowAll, ClientInfo, Denial, Identity, Policy, PublishKind, Verdict};
+use crate::policy::{ClientInfo, Denial, Identity, Policy, PublishKind, Verdict};
 use crate::router::{RetainedIndex, Route, SubscriptionTree};
 use crate::session::{Delivery, Kick, MailboxLimits, Session, SessionRef, SessionState};
 use crate::store::{Change, MemoryStore, Store, StoreError, Target, WillRecord};
@@ -639,12 +639,16 @@ impl Shared {
     async fn publish_sys(&self, loads: &mut crate::sys::LoadAverages) {
         let snapshot = self.metrics.snapshot();
         loads.tick(&snapshot, self.config.sys.interval);
-        let mut topics =
-            crate::sys::sys_topics(&snapshot, env!("CARGO_PKG_VERSION"), self.started.elapsed());
-        topics.extend(loads.topics());
+        let mut topics: Vec<(std::borrow::Cow<'static, str>, String)> =
+            crate::sys::sys_topics(&snapshot, env!("CARGO_PKG_VERSION"), self.started.elapsed())
+                .into_iter()
+                .chain(loads.topics())
+                .map(|(t, v)| (t.into(), v))
+                .collect();
+        topics.extend(self.policy.status().into_iter().map(|(t, v)| (t.into(), v)));
         for (topic, payload) in topics {
             let message = Arc::new(Message {
-                topic: ByteString::from(topic),
+                topic: ByteString::from(&*topic),
                 payload: Bytes::from(payload),
                 qos: QoS::AtMostOnce,
                 retain: true,
@@ -721,12 +725,6 @@ impl Broker {
         let mut broker = Broker::start_with(config, store, Arc::new(chain.clone())).await?;
         broker.chain = Some(chain);
         Ok(broker)
-    }
-
-    /// Starts with in-memory state and no security at all ([`AllowAll`]): for embedding
-    /// where something else decides who connects.
-    pub async fn start_allow_all(config: Config) -> Result<Broker, StartError> {
-        Broker::start_with(config, Arc::new(MemoryStore::new()), Arc::new(AllowAll)).await
     }
 
     /// The configured plugin chain (with no `[[plugin]]`, the bundled `allow-anonymous` plugin

@@ -648,6 +648,35 @@ impl Policy for Chain {
         })
     }
 
+    /// `$SYS/broker/plugins/<name>/...`: the generation and content hash of each plugin, its
+    /// calls, failures (traps, deadline hits, malformed answers), instances created, and the
+    /// counters it keeps itself (`host.count`) under `counters/`.
+    fn status(&self) -> Vec<(String, String)> {
+        let mut topics = Vec::new();
+        for slot in &self.inner.slots {
+            let g = slot.generation();
+            let base = format!("$SYS/broker/plugins/{}", slot.name);
+            let load = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
+            topics.push((format!("{base}/generation"), g.number.to_string()));
+            topics.push((format!("{base}/sha256"), hex(&g.hash)));
+            topics.push((format!("{base}/calls"), load(&g.stats.calls)));
+            topics.push((format!("{base}/traps"), load(&g.stats.traps)));
+            topics.push((
+                format!("{base}/deadline_hits"),
+                load(&g.stats.deadline_hits),
+            ));
+            topics.push((format!("{base}/malformed"), load(&g.stats.malformed)));
+            topics.push((
+                format!("{base}/instances"),
+                load(&g.stats.instances_created),
+            ));
+            for (name, value) in g.ctx.counters() {
+                topics.push((format!("{base}/counters/{name}"), value.to_string()));
+            }
+        }
+        topics
+    }
+
     fn is_current(&self, stamp: &Stamp) -> bool {
         stamp.0.iter().all(|&(index, epoch)| {
             if index == LAYOUT_MARK {

@@ -235,4 +235,10 @@ pub trait Policy: Send + Sync + 'static {
     fn is_current(&self, _stamp: &Stamp) -> bool {
         true
     }
+
+    /// What the policy reports about itself, as `$SYS` topics and their values (published with
+    /// the broker's own every `sys.interval`).
+    fn status(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }

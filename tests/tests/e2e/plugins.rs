@@ -385,3 +385,55 @@ async fn an_allow_with_a_lifetime_is_reused_by_the_session() {
     );
     b.stop().await;
 }
+
+/// Each plugin reports itself under `$SYS/broker/plugins/<name>/`: its generation, content
+/// hash, calls and failures, and the counters it keeps with `host.count`.
+#[tokio::test]
+async fn plugins_report_their_calls_and_counters_under_sys() {
+    let b = start_with(|c| {
+        c.sys.interval = std::time::Duration::from_secs(1);
+        c.plugin_chain = vec![{
+            let mut p = test_policy(
+                "acl",
+                json!({"auth": {"anonymous": "allow"}, "revoke_topic": "admin/revoke",
+                       "publish": [{"filter": "#", "verdict": "allow"}],
+                       "subscribe": [{"filter": "$SYS/#", "verdict": "allow"}]}),
+            );
+            p.grants.kv = Some(moat::config::KvGrant::default());
+            p
+        }];
+    })
+    .await;
+    let mut c = RawClient::connected(b.addr, V5, "c", true).await;
+    c.send(&raw_publish(
+        "admin/revoke/x",
+        b"",
+        QoS::AtLeastOnce,
+        Some(1),
+    ))
+    .await;
+    c.recv().await;
+    c.subscribe_one(2, "$SYS/broker/plugins/acl/#", QoS::AtMostOnce)
+        .await;
+    // The first report may predate the revocation: read on until a report counts it.
+    let mut seen = std::collections::HashMap::new();
+    while seen
+        .get("$SYS/broker/plugins/acl/counters/revocations")
+        .is_none_or(|v| v != "1")
+        || !seen.contains_key("$SYS/broker/plugins/acl/sha256")
+    {
+        let p = c.expect_publish().await;
+        let value = String::from_utf8(p.payload.to_vec()).unwrap();
+        seen.insert(p.topic.to_string(), value);
+    }
+    assert_eq!(seen["$SYS/broker/plugins/acl/counters/revocations"], "1");
+    assert!(
+        seen["$SYS/broker/plugins/acl/calls"]
+            .parse::<u64>()
+            .unwrap()
+            >= 2
+    );
+    let digest = moat::policy::wasm::sha256_hex(&std::fs::read(components::TEST_POLICY).unwrap());
+    assert_eq!(seen["$SYS/broker/plugins/acl/sha256"], digest);
+    b.stop().await;
+}

@@ -81,8 +81,44 @@ impl AddrText {
             buf: [0; 64],
             len: 0,
         };
-        let _ = write!(t, "{addr}");
+        match addr {
+            // By hand: `core::fmt` costs more than the rest of building the records.
+            SocketAddr::V4(v4) => {
+                for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.push(b'.');
+                    }
+                    t.push_decimal(u32::from(octet));
+                }
+                t.push(b':');
+                t.push_decimal(u32::from(v4.port()));
+            }
+            SocketAddr::V6(_) => {
+                let _ = write!(t, "{addr}");
+            }
+        }
         t
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    fn push_decimal(&mut self, mut n: u32) {
+        let mut digits = [0u8; 10];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for &d in &digits[i..] {
+            self.push(d);
+        }
     }
 
     fn as_str(&self) -> &str {
@@ -441,7 +477,14 @@ mod tests {
     fn addresses_format_on_the_stack() {
         let v6: SocketAddr = "[2001:db8::1:2:3:4]:65535".parse().unwrap();
         assert_eq!(AddrText::new(v6).as_str(), "[2001:db8::1:2:3:4]:65535");
-        let v4: SocketAddr = "127.0.0.1:1883".parse().unwrap();
-        assert_eq!(AddrText::new(v4).as_str(), "127.0.0.1:1883");
+        for text in [
+            "127.0.0.1:1883",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.2.30.4:7",
+        ] {
+            let v4: SocketAddr = text.parse().unwrap();
+            assert_eq!(AddrText::new(v4).as_str(), text);
+        }
     }
 }

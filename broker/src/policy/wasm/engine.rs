@@ -6,8 +6,9 @@
 //! - `concurrency_support(false)`: moat does not use component-model async, and leaving it on
 //!   costs about 1 µs per call;
 //! - epoch interruption, for the CPU budget of each call. A ticker thread advances the epoch
-//!   every millisecond while a call is in flight and sleeps otherwise, so an idle broker does
-//!   not wake a thousand times a second.
+//!   every millisecond while calls are being made, and parks after a quiet spell, so an idle
+//!   broker does not wake a thousand times a second, while a busy one does not pay a wake-up
+//!   (a system call) on every call.
 //!
 //! Compiled components are kept in memory (keyed by the SHA-256 of their bytes, so twenty
 //! brokers in one test process compile a plugin once) and on disk ([`super::disk_cache`]), so a
@@ -126,41 +127,66 @@ pub fn hex(bytes: &[u8]) -> String {
         })
 }
 
-/// Advances the engine's epoch every [`TICK`] while calls are in flight.
+/// Ticks without a call in flight after which the ticker parks.
+const QUIET_TICKS: u32 = 200;
+
+/// Advances the engine's epoch every [`TICK`] while calls are being made.
 struct Ticker {
-    in_flight: Arc<AtomicUsize>,
+    state: Arc<TickerState>,
     thread: std::thread::Thread,
+}
+
+struct TickerState {
+    in_flight: AtomicUsize,
+    parked: std::sync::atomic::AtomicBool,
 }
 
 impl Ticker {
     fn start(engine: Engine) -> Ticker {
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let busy = in_flight.clone();
+        let state = Arc::new(TickerState {
+            in_flight: AtomicUsize::new(0),
+            parked: std::sync::atomic::AtomicBool::new(false),
+        });
+        let s = state.clone();
         let handle = std::thread::Builder::new()
             .name("moat-plugin-epoch".into())
             .spawn(move || {
+                let mut quiet = 0;
                 loop {
-                    if busy.load(Ordering::Acquire) == 0 {
-                        // Woken by `enter`; the timeout only guards against a lost wake-up.
-                        std::thread::park_timeout(Duration::from_millis(100));
-                        continue;
-                    }
                     std::thread::sleep(TICK);
                     engine.increment_epoch();
+                    if s.in_flight.load(Ordering::SeqCst) > 0 {
+                        quiet = 0;
+                        continue;
+                    }
+                    quiet += 1;
+                    if quiet < QUIET_TICKS {
+                        continue;
+                    }
+                    // Announce the park, then look again: a call that started in between
+                    // either sees `parked` and wakes us, or is seen here (both are SeqCst).
+                    s.parked.store(true, Ordering::SeqCst);
+                    while s.in_flight.load(Ordering::SeqCst) == 0 {
+                        // The timeout only guards against a lost wake-up.
+                        std::thread::park_timeout(Duration::from_millis(100));
+                    }
+                    s.parked.store(false, Ordering::SeqCst);
+                    quiet = 0;
                 }
             })
             .expect("spawn the plugin epoch thread");
         Ticker {
-            in_flight,
+            state,
             thread: handle.thread().clone(),
         }
     }
 
     fn enter(&self) -> InFlight<'_> {
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+        self.state.in_flight.fetch_add(1, Ordering::SeqCst);
+        if self.state.parked.load(Ordering::SeqCst) {
             self.thread.unpark();
         }
-        InFlight(&self.in_flight)
+        InFlight(&self.state.in_flight)
     }
 }
 
@@ -169,6 +195,6 @@ pub(super) struct InFlight<'a>(&'a AtomicUsize);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -30,7 +30,7 @@ use crate::config::KvGrant;
 
 /// Longest log line a plugin may write; the rest is cut.
 const MAX_LOG_LINE: usize = 4096;
-/// Most counter names per plugin, and the longest name.
+/// Most counter names per plugin, and the longest name (in characters).
 const MAX_COUNTERS: usize = 64;
 const MAX_COUNTER_NAME: usize = 64;
 /// Longest `kv` key.
@@ -241,14 +241,20 @@ impl host::Host for HostState {
         Ok(unix_now().as_millis() as u64)
     }
 
-    fn count(&mut self, mut name: String, delta: u64) -> wasmtime::Result<()> {
-        if name.len() > MAX_COUNTER_NAME {
-            let mut cut = MAX_COUNTER_NAME;
-            while !name.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            name.truncate(cut);
-        }
+    fn count(&mut self, name: String, delta: u64) -> wasmtime::Result<()> {
+        // Counter names become topic levels (`$SYS/broker/plugins/<plugin>/counters/<name>`):
+        // only letters, digits, '-', '_' and '.', at most 64 of them.
+        let name: String = name
+            .chars()
+            .take(MAX_COUNTER_NAME)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
         let mut counters = self.ctx.counters.lock();
         if let Some(c) = counters.get_mut(&name) {
             *c = c.saturating_add(delta);

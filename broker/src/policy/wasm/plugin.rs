@@ -278,7 +278,9 @@ impl Generation {
                 Err(e) => Err(classify(&e)),
             }
         };
-        let outcome = match tokio::time::timeout_at(deadline, work).await {
+        // Boxed once: the call's state (records, lease) is large, and moving it through the
+        // timeout and the hook's futures by value cost more than the allocation.
+        let outcome = match tokio::time::timeout_at(deadline, Box::pin(work)).await {
             Ok(r) => r,
             Err(_) => Err(Failure::Timeout),
         };
