@@ -826,7 +826,13 @@ impl Broker {
             // frees their memory and their store records.
             let s = shared.clone();
             shared.tasks.spawn(async move {
-                let mut tick = tokio::time::interval(RETAINED_PURGE_INTERVAL);
+                // The first purge one period after start, not at once: the store already
+                // left out what expired while the broker was down, and walking a large index
+                // under its write lock just as clients reconnect would stall them.
+                let mut tick = tokio::time::interval_at(
+                    tokio::time::Instant::now() + RETAINED_PURGE_INTERVAL,
+                    RETAINED_PURGE_INTERVAL,
+                );
                 loop {
                     tokio::select! {
                         _ = tick.tick() => s.purge_expired_retained().await,
