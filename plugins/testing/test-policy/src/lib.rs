@@ -180,6 +180,7 @@ fn denial(rule: &Rule) -> Denial {
         Some("topic-invalid") => Reason::TopicInvalid,
         Some("payload-invalid") => Reason::PayloadInvalid,
         Some("server-busy") => Reason::ServerBusy,
+        Some("unspecified") => Reason::Unspecified,
         _ => Reason::NotAuthorized,
     };
     Denial {
