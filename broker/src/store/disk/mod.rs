@@ -97,16 +97,32 @@ struct Progress {
 impl DiskStore {
     /// Opens (or creates) the database in `dir`, reads it whole and purges what expired while
     /// the broker was down. Errors name the file.
+    ///
+    /// The data holds what plugins keep in their clients' session state (stored wills carry
+    /// it), so it is the broker user's alone: the directory is created with mode 0700 and the
+    /// database file set to 0600; an existing directory others may read is warned about.
     pub fn open(dir: &Path, config: &StorageConfig) -> Result<DiskStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError(format!(
-                "{}: cannot create the data directory: {e}",
-                dir.display()
-            ))
-        })?;
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                StoreError(format!(
+                    "{}: cannot create the data directory: {e}",
+                    dir.display()
+                ))
+            })?;
+        if let Ok(meta) = std::fs::metadata(dir)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(dir = %dir.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "the data directory is open to other users; it holds session state (chmod 700 it)");
+        }
         let path = dir.join(FILE_NAME);
         let started = std::time::Instant::now();
         let (db, snapshot, state) = load::open_and_load(&path)?;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
         let inner = Arc::new(Inner {
             path: path.clone(),
             inbox: Mutex::new(Inbox::default()),

@@ -405,3 +405,14 @@ async fn concurrent_changes_share_commits() {
     let commits = store.inner.commits.load(Ordering::Relaxed);
     assert!(commits < 200, "{commits} commits for 200 changes");
 }
+
+#[test]
+fn the_data_directory_and_file_are_the_brokers_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    drop(open(&dir));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join(super::FILE_NAME)), 0o600);
+}
