@@ -514,6 +514,54 @@ async fn tls_facts_reach_the_policy_intact() {
     b.stop().await;
 }
 
+/// The same facts reach a real Wasm plugin through the `moat:policy` contract: the
+/// `test-policy` plugin refuses the connection with them as its message, which the MQTT 5
+/// client reads in the CONNACK's reason string.
+#[tokio::test]
+async fn tls_facts_reach_a_wasm_plugin_intact() {
+    let pki = Pki::new();
+    let client = pki.ca.client(
+        "sensor-7",
+        vec![
+            SanType::DnsName("sensor-7.devices.test".try_into().unwrap()),
+            SanType::IpAddress("10.1.2.3".parse().unwrap()),
+        ],
+    );
+    let mut tls = pki.tls();
+    tls.client_ca = Some(pki.files.path("ca.pem"));
+    let b = harness::start_with(|c| {
+        c.listeners = vec![listener(Protocol::Tls, Some(tls))];
+        c.plugin_chain = vec![crate::plugins::test_policy(
+            "echo",
+            serde_json::json!({"echo_tls": true}),
+        )];
+    })
+    .await;
+    let config = certs::client_config(&pki.ca, Some(&client));
+    let stream = certs::connect(b.addr, "broker.test", config).await.unwrap();
+    let cipher = stream
+        .get_ref()
+        .1
+        .negotiated_cipher_suite()
+        .unwrap()
+        .suite();
+    let mut raw = RawClient::over(stream, ProtocolVersion::V5);
+    let ack = raw
+        .connack(raw_connect_packet(ProtocolVersion::V5, "sensor-7", true))
+        .await;
+    assert_eq!(ack.reason_code, ReasonCode::NOT_AUTHORIZED);
+    let expected = format!(
+        "secure|TLSv1.3|{}|broker.test|CN=sensor-7,O=moat tests|sensor-7.devices.test,10.1.2.3|{}",
+        cipher.as_str().unwrap(),
+        certs::sha256_hex(&client.der)
+    );
+    assert_eq!(
+        ack.properties.reason_string.as_deref(),
+        Some(expected.as_str())
+    );
+    b.stop().await;
+}
+
 /// `identity_as_username = "cn"`: the policy sees the certificate's common name as the user
 /// name, whatever the client put in CONNECT.
 #[tokio::test]

@@ -25,6 +25,10 @@ struct Config {
     init_error: Option<String>,
     /// on-connect: client ids (filters, `+`/`#` allowed) refused as banned.
     banned: Vec<String>,
+    /// on-connect: refuse every client, with the TLS facts the plugin was given as the
+    /// message (`version|cipher|sni|subject|san,san|fingerprint`), so a test can read them in
+    /// the CONNACK's reason string.
+    echo_tls: bool,
     auth: Auth,
     publish: Vec<Rule>,
     subscribe: Vec<Rule>,
@@ -241,6 +245,24 @@ impl Plugin for TestPolicy {
 
     fn on_connect(&self, client: &Client) -> Verdict {
         self.fault("connect", &client.client_id);
+        if self.config.echo_tls {
+            let facts = match &client.tls {
+                None => "no TLS".to_owned(),
+                Some(t) => format!(
+                    "{}|{}|{}|{}|{}|{}",
+                    t.version,
+                    t.cipher,
+                    t.sni.as_deref().unwrap_or("-"),
+                    t.peer_subject.as_deref().unwrap_or("-"),
+                    t.peer_sans.join(","),
+                    t.peer_fingerprint_sha256.as_deref().unwrap_or("-"),
+                ),
+            };
+            return Verdict::Deny(Denial {
+                reason: Reason::NotAuthorized,
+                message: Some(format!("{}|{facts}", client.listener)),
+            });
+        }
         if self
             .config
             .banned
