@@ -42,10 +42,13 @@
 //!   test for filters and placeholder expansion that refuses injection.
 //! - [`log`](mod@log): logging into the broker's log.
 //!
-//! Testing a plugin without a broker: the broker crate's `moat::policy::wasm::Harness` loads a
-//! built component and calls its hooks (see `docs/writing-plugins.md`).
+//! Testing a plugin without a broker: with the `harness` feature (in `dev-dependencies`),
+//! [`harness`] builds the plugin crate into a component and loads it with the broker's own
+//! engine and sandbox, to call its hooks directly (see `docs/writing-plugins.md`).
 
 pub mod bindings;
+#[cfg(all(feature = "harness", not(target_family = "wasm")))]
+pub mod harness;
 pub mod log;
 mod plugin;
 pub mod state;

@@ -30,6 +30,7 @@ mod proxy;
 mod qos;
 mod retained;
 mod routing;
+mod sdk_harness;
 mod sys;
 mod tls;
 mod websocket;

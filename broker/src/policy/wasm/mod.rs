@@ -22,7 +22,7 @@
 
 pub mod bindings;
 pub mod bundled;
-pub(crate) mod calls;
+pub mod calls;
 pub mod disk_cache;
 mod engine;
 mod harness;
