@@ -437,3 +437,66 @@ async fn plugins_report_their_calls_and_counters_under_sys() {
     assert_eq!(seen["$SYS/broker/plugins/acl/sha256"], digest);
     b.stop().await;
 }
+
+/// A plugin that reads payloads (manifest `needs-payload`) sees them, and its decisions are
+/// never cached, however long a lifetime it gives: the next message's payload may differ.
+#[tokio::test]
+async fn decisions_of_a_plugin_that_reads_payloads_are_never_cached() {
+    let b = start_chain(vec![test_policy(
+        "reader",
+        json!({"auth": {"anonymous": "allow"}, "needs_payload": true,
+               "publish": [{"filter": "#", "verdict": "allow", "cache": 3600}]}),
+    )])
+    .await;
+    let mut p = RawClient::connected(b.addr, V5, "p", true).await;
+    let calls = || {
+        b.broker.plugins().unwrap().slots()[0]
+            .generation()
+            .stats
+            .calls
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = calls();
+    for id in 1..=5 {
+        p.send(&raw_publish("t", b"x", QoS::AtLeastOnce, Some(id)))
+            .await;
+        p.recv().await;
+    }
+    assert_eq!(calls() - before, 5, "every publish asked the plugin");
+    b.stop().await;
+}
+
+/// The policy is asked about the topic a topic alias stands for (section 3.3.2.3.4): a
+/// PUBLISH that names a denied topic only through its alias is refused.
+#[tokio::test]
+async fn a_topic_alias_is_authorized_as_the_topic_it_stands_for() {
+    let b = start_chain(vec![test_policy(
+        "acl",
+        json!({"auth": {"anonymous": "allow"},
+               "publish": [{"filter": "secret/#", "verdict": "deny"}, {"filter": "#", "verdict": "allow", "cache": 60}]}),
+    )])
+    .await;
+    let mut p = RawClient::connected(b.addr, V5, "p", true).await;
+    let aliased = |topic: &str, alias: u16, id: u16| {
+        let Packet::Publish(mut publish) = raw_publish(topic, b"x", QoS::AtLeastOnce, Some(id))
+        else {
+            unreachable!()
+        };
+        publish.properties.topic_alias = Some(alias);
+        Packet::Publish(publish)
+    };
+    // Alias 1 set to an allowed topic, alias 2 to a denied one; then both used alone.
+    for (topic, alias, id, want) in [
+        ("open/a", 1, 1, ReasonCode::NO_MATCHING_SUBSCRIBERS),
+        ("secret/a", 2, 2, ReasonCode::NOT_AUTHORIZED),
+        ("", 1, 3, ReasonCode::NO_MATCHING_SUBSCRIBERS),
+        ("", 2, 4, ReasonCode::NOT_AUTHORIZED),
+    ] {
+        p.send(&aliased(topic, alias, id)).await;
+        match p.recv().await {
+            Some(Packet::PubAck(a)) => assert_eq!(a.reason_code, want, "alias {alias} ({topic:?})"),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    b.stop().await;
+}
