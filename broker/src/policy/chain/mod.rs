@@ -19,93 +19,38 @@
 //! An enhanced-authentication challenge belongs to the plugin that issued it: the state the
 //! broker keeps is prefixed with that plugin's position and epoch, and `continue-auth` goes to
 //! it alone.
+//!
+//! Layout: this file holds the chain and its answers; `slot` one position in it (the plugin's
+//! current generation, its epoch, its failure log); `load` builds a chain from the
+//! configuration (the default chain included).
+
+mod load;
+mod slot;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
-use parking_lot::Mutex;
 
 use super::wasm::calls::{Decision, SubscribeDecision};
-use super::wasm::{
-    Answer, AuthStep, DiskCache, Failure, Generation, Hooks, Limits, LoadError, PluginContext,
-    bundled, hex,
-};
+use super::wasm::{Answer, AuthStep, Hooks, hex};
 use super::{
     AuthOutcome, ClientInfo, Credentials, Denial, Grant, Identity, Policy, PublishKind, Stamp,
     SubscribeVerdict, Verdict,
 };
 use crate::codec::{QoS, ReasonCode};
-use crate::config::{Config, Exhausted, OnFailure, PluginConfig};
+use crate::config::{Config, Exhausted, OnFailure};
 use crate::message::Message;
 use crate::pending::Pending;
 use crate::topic;
 
+pub use load::{ChainError, default_chain};
+use load::{load_slot, open_cache};
+pub use slot::Slot;
+
 /// The stamp mark that carries the chain's layout version.
 const LAYOUT_MARK: u32 = u32::MAX;
-
-/// A plugin could not be loaded into the chain.
-#[derive(Debug, thiserror::Error)]
-#[error("plugin `{plugin}` ({source_name}): {error}")]
-pub struct ChainError {
-    pub plugin: String,
-    /// The file, or `bundled:NAME`.
-    pub source_name: String,
-    pub error: LoadError,
-}
-
-/// One position in the chain.
-pub struct Slot {
-    pub name: Arc<str>,
-    /// The hooks the broker calls it for.
-    pub hooks: Hooks,
-    /// The listeners it decides for (`None`: all).
-    pub listeners: Option<Vec<Arc<str>>>,
-    pub on_failure: OnFailure,
-    current: ArcSwap<Generation>,
-    /// Moves when the plugin invalidates its decisions or is replaced.
-    pub epoch: Arc<AtomicU64>,
-    /// When a failure was last logged, and how many were not since.
-    failure_log: Mutex<(Option<Instant>, u64)>,
-}
-
-impl Slot {
-    fn serves(&self, hook: Hooks, listener: &str) -> bool {
-        self.hooks.contains(hook)
-            && self
-                .listeners
-                .as_ref()
-                .is_none_or(|ls| ls.iter().any(|l| &**l == listener))
-    }
-
-    /// The generation serving now.
-    pub fn generation(&self) -> Arc<Generation> {
-        self.current.load_full()
-    }
-
-    fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
-    }
-
-    fn log_failure(&self, hook: &str, failure: &Failure) {
-        let mut log = self.failure_log.lock();
-        let now = Instant::now();
-        if log
-            .0
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
-        {
-            log.1 += 1;
-            return;
-        }
-        let suppressed = std::mem::take(&mut log.1);
-        log.0 = Some(now);
-        tracing::warn!(plugin = %self.name, hook, error = %failure, suppressed,
-            "plugin failed; the decision fails closed");
-    }
-}
 
 struct Inner {
     slots: Vec<Slot>,
@@ -117,28 +62,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct Chain {
     inner: Arc<Inner>,
-}
-
-/// The chain of a configuration with no `[[plugin]]`: `allow-anonymous` on the listeners bound
-/// to a loopback address (on every listener with `security.allow_anonymous_remote`).
-pub fn default_chain(config: &Config) -> Vec<PluginConfig> {
-    let listeners: Vec<String> = config
-        .listeners
-        .iter()
-        .filter(|l| l.bind.ip().is_loopback() || config.security.allow_anonymous_remote)
-        .map(|l| l.name.clone())
-        .collect();
-    let mut plugin_config = serde_json::Map::new();
-    plugin_config.insert("listeners".into(), listeners.clone().into());
-    vec![PluginConfig {
-        name: "allow-anonymous".into(),
-        bundled: Some("allow-anonymous".into()),
-        // Also the chain's own listener filter, so that the broker knows nothing
-        // authenticates clients on the other listeners.
-        listeners: Some(listeners),
-        config: plugin_config,
-        ..PluginConfig::default()
-    }]
 }
 
 impl Chain {
@@ -200,106 +123,6 @@ impl Chain {
             .iter()
             .any(|s| s.serves(Hooks::AUTHENTICATE, listener))
     }
-}
-
-fn open_cache(config: &Config) -> Result<Option<DiskCache>, ChainError> {
-    let dir = config
-        .plugins
-        .cache_dir
-        .clone()
-        .or_else(super::wasm::disk_cache::default_dir);
-    let Some(dir) = dir else {
-        tracing::warn!(
-            "no cache directory for compiled plugins (no HOME); compiling at every start"
-        );
-        return Ok(None);
-    };
-    DiskCache::open(&dir).map(Some).map_err(|error| ChainError {
-        plugin: "*".into(),
-        source_name: "plugins.cache_dir".into(),
-        error,
-    })
-}
-
-async fn load_slot(spec: &PluginConfig, disk: Option<&DiskCache>) -> Result<Slot, ChainError> {
-    let (bytes, source_name) = match (&spec.wasm, &spec.bundled) {
-        (Some(path), _) => (
-            std::fs::read(path).map_err(|e| LoadError::Read {
-                path: path.clone(),
-                why: e.to_string(),
-            }),
-            path.display().to_string(),
-        ),
-        (None, Some(name)) => (
-            bundled::get(name)
-                .map(<[u8]>::to_vec)
-                .ok_or_else(|| LoadError::Read {
-                    path: format!("bundled:{name}").into(),
-                    why: "no such bundled plugin in this build".into(),
-                }),
-            format!("bundled:{name}"),
-        ),
-        (None, None) => (
-            Err(LoadError::Read {
-                path: "".into(),
-                why: "no `wasm` or `bundled` given".into(),
-            }),
-            String::new(),
-        ),
-    };
-    let fail = |error| ChainError {
-        plugin: spec.name.clone(),
-        source_name: source_name.clone(),
-        error,
-    };
-    let bytes = bytes.map_err(fail)?;
-    if let Some(expected) = &spec.sha256 {
-        let actual = super::wasm::sha256_hex(&bytes);
-        if !actual.eq_ignore_ascii_case(expected) {
-            return Err(fail(LoadError::Hash {
-                expected: expected.clone(),
-                actual,
-            }));
-        }
-    }
-    let name: Arc<str> = Arc::from(spec.name.as_str());
-    let epoch = Arc::new(AtomicU64::new(0));
-    let ctx = Arc::new(PluginContext::new(
-        name.clone(),
-        epoch.clone(),
-        spec.grants.kv.as_ref(),
-    ));
-    let limits = Limits {
-        min_instances: spec.min_instances as usize,
-        max_instances: spec.max_instances as usize,
-        memory_bytes: (spec.memory_limit_mib as usize) << 20,
-        cpu_budget: Duration::from_millis(spec.cpu_budget_ms.into()),
-        authenticate_timeout: Duration::from_millis(spec.authenticate_timeout_ms.into()),
-        authorize_timeout: Duration::from_millis(spec.authorize_timeout_ms.into()),
-    };
-    let config_json = serde_json::Value::Object(spec.config.clone()).to_string();
-    let generation = Generation::load(name.clone(), 1, &bytes, config_json, limits, ctx, disk)
-        .await
-        .map_err(fail)?;
-    let hooks = match &spec.hooks {
-        Some(names) => generation
-            .manifest
-            .hooks
-            .intersection(Hooks::from_names(names)),
-        None => generation.manifest.hooks,
-    };
-    Ok(Slot {
-        name,
-        hooks,
-        listeners: spec
-            .listeners
-            .as_ref()
-            .map(|ls| ls.iter().map(|l| Arc::from(l.as_str())).collect()),
-        on_failure: spec.on_failure,
-        current: ArcSwap::new(generation),
-        epoch,
-        failure_log: Mutex::new((None, 0)),
-    })
 }
 
 /// A yes/no question for [`Inner::decide`].
