@@ -13,7 +13,9 @@
 #   OUT/*.log           broker and generator logs
 #
 # Usage: bench/compare.sh [--rounds N] [--duration S] [--connections N] [--out DIR]
-#                         [--only REGEX] [--no-build]
+#                         [--only REGEX] [--no-build] [--moat-config FILE]
+# --moat-config runs moat with another configuration than bench/moat.toml (e.g.
+# bench/moat-no-plugin.toml: no policy plugin consulted at all).
 set -euo pipefail
 
 ROUNDS=3
@@ -22,6 +24,7 @@ WARMUP=2
 CONNECTIONS=10000
 OUT=""
 ONLY=""
+MOAT_CONFIG=bench/moat.toml
 BUILD=1
 BROKER_CORE=0
 GEN_CORE=1
@@ -41,7 +44,8 @@ while [[ $# -gt 0 ]]; do
         --out) OUT="$2"; shift 2 ;;
         --only) ONLY="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        --moat-config) MOAT_CONFIG="$2"; shift 2 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -89,6 +93,7 @@ bench/tls-certs.sh "$TLS_DIR" || die "cannot make the TLS certificates (openssl)
     echo "kernel: $(uname -r)"
     echo "mosquitto: $("$MOSQUITTO" -h 2>/dev/null | head -1)"
     echo "moat: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- broker 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "moat config: $MOAT_CONFIG"
     echo "rounds: $ROUNDS, duration: ${DURATION}s, warm-up: ${WARMUP}s, connections: $CONNECTIONS"
     echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$OUT/machine.txt"
@@ -121,7 +126,7 @@ start_broker() {
             ;;
         moat)
             port=$MOAT_PORT
-            taskset -c "$BROKER_CORE" "$MOAT" --config bench/moat.toml >>"$log" 2>&1 &
+            taskset -c "$BROKER_CORE" "$MOAT" --config "$MOAT_CONFIG" >>"$log" 2>&1 &
             ;;
     esac
     BROKER_PID=$!
