@@ -11,7 +11,6 @@
 //! loops and the `$SYS` publisher, and shuts everything down in order.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,7 +33,10 @@ use crate::session::{Delivery, Kick, MailboxLimits, Session, SessionRef, Session
 use crate::store::{Change, MemoryStore, Store, StoreError, Target, WillRecord};
 
 mod quotas;
+mod registry;
 mod restore;
+
+pub use registry::Registry;
 
 /// How often expired retained messages are purged.
 const RETAINED_PURGE_INTERVAL: Duration = Duration::from_secs(60);
@@ -44,7 +46,7 @@ pub struct Shared {
     pub config: Config,
     pub router: RwLock<SubscriptionTree<SessionRef>>,
     pub retained: RwLock<RetainedIndex<Arc<Message>>>,
-    pub sessions: Mutex<HashMap<ByteString, Arc<Session>>>,
+    pub sessions: Mutex<Registry>,
     pub store: Arc<dyn Store>,
     /// The store journals queued and inflight messages (`Store::journals_messages`).
     pub journal: bool,
@@ -403,7 +405,7 @@ impl Shared {
                     if map.contains_key(client_id) {
                         continue; // another connection created it meanwhile
                     }
-                    map.insert(client_id.clone(), session.clone());
+                    map.insert(session.clone());
                 }
                 let generation = session.attach(kick, ReasonCode::SESSION_TAKEN_OVER);
                 return Ok((session, guard, false, generation));
@@ -785,7 +787,7 @@ impl Broker {
             config,
             router: RwLock::new(SubscriptionTree::new()),
             retained: RwLock::new(RetainedIndex::new()),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Registry::default()),
             journal: store.journals_messages(),
             next_seq: AtomicU64::new(snapshot.next_seq.max(1)),
             store,

@@ -105,9 +105,7 @@ impl Shared {
             for s in &record.subscriptions {
                 self.subscribe(&me, &s.filter, s.options, s.identifier, false);
             }
-            self.sessions
-                .lock()
-                .insert(record.client_id.clone(), session.clone());
+            self.sessions.lock().insert(session.clone());
             self.metrics.offline_session_restored();
             if record.expiry_interval != NEVER_EXPIRES {
                 let offline_for = record

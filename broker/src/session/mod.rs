@@ -176,10 +176,10 @@ pub struct Session {
     /// (so a timer set by an old connection can tell that it is stale).
     conn: Mutex<(u64, Option<Arc<Kick>>)>,
     /// Set once the session has ended; deliveries to it are dropped and a delayed will
-    /// waiting on it is published at once (MQTT-3.1.3-9). (A flag and a `Notify` rather than
-    /// a `CancellationToken`, which would be an allocation of its own per session.)
+    /// waiting on it is published at once (MQTT-3.1.3-9). (A flag, announced through
+    /// `drained`, rather than a `CancellationToken`, which would be an allocation of its own
+    /// per session.)
     ended: AtomicBool,
-    end_signal: Notify,
     /// Its QoS 1/2 deliveries are journaled (a persistent session, and a store that keeps
     /// messages).
     journaled: AtomicBool,
@@ -208,7 +208,6 @@ impl Session {
             state: Arc::new(tokio::sync::Mutex::new(state)),
             conn: Mutex::new((0, None)),
             ended: AtomicBool::new(false),
-            end_signal: Notify::new(),
             journaled: AtomicBool::new(false),
         })
     }
@@ -403,10 +402,11 @@ impl Session {
         self.ended.load(Ordering::Acquire)
     }
 
-    /// Resolves once the session has ended.
+    /// Resolves once the session has ended. (It waits on `drained`, which `end` also
+    /// notifies: a drain wakes it for nothing, and it looks again.)
     pub(crate) async fn ended(&self) {
         loop {
-            let mut signal = std::pin::pin!(self.end_signal.notified());
+            let mut signal = std::pin::pin!(self.drained.notified());
             signal.as_mut().enable();
             if self.is_ended() {
                 return;
@@ -418,7 +418,6 @@ impl Session {
     /// Marks the session ended and empties its mailbox.
     pub(crate) fn end(&self, metrics: &Metrics) {
         self.ended.store(true, Ordering::Release);
-        self.end_signal.notify_waiters();
         let mut mb = self.mailbox.lock();
         metrics.queued_removed(mb.queue.len());
         mb.queue.clear();

@@ -1,6 +1,6 @@
 //! [`SessionState`]: what a session remembers between packets and across connections.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytestring::ByteString;
 
@@ -40,14 +40,18 @@ pub struct SessionState {
     pub protocol: ProtocolVersion,
     /// Seconds the session lives after disconnection; `store::NEVER_EXPIRES` for ever.
     pub expiry_interval: u32,
-    /// Keyed by the filter as the client sent it (with any `$share/group/` prefix).
-    pub subscriptions: HashMap<ByteString, Subscribed>,
+    /// Keyed by the filter as the client sent it (with any `$share/group/` prefix). A B-tree
+    /// rather than a hash map, here and for `inbound_qos2`: every session holds these even when
+    /// empty, and an empty hash map with its random keys is twice the size (this state is part
+    /// of the memory of every idle connection); sessions have few entries and look them up
+    /// only on SUBSCRIBE, UNSUBSCRIBE and QoS 2 exchanges.
+    pub subscriptions: BTreeMap<ByteString, Subscribed>,
     /// Outbound QoS 1/2 messages in the order they were first sent, so they can be resent in
     /// that order on reconnect (MQTT-4.6.0-1). The window is small (Receive Maximum), so a
     /// linear search by packet id is cheaper than a second index.
     pub outbound: VecDeque<Outbound>,
     /// Inbound QoS 2 packet ids whose PUBREL has not arrived (MQTT-4.3.3-9).
-    pub inbound_qos2: HashSet<u16>,
+    pub inbound_qos2: BTreeSet<u16>,
     next_packet_id: u16,
 }
 
@@ -56,9 +60,9 @@ impl SessionState {
         SessionState {
             protocol,
             expiry_interval,
-            subscriptions: HashMap::new(),
+            subscriptions: BTreeMap::new(),
             outbound: VecDeque::new(),
-            inbound_qos2: HashSet::new(),
+            inbound_qos2: BTreeSet::new(),
             next_packet_id: 1,
         }
     }
