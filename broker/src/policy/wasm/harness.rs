@@ -12,14 +12,16 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Instant;
 
 use bytes::Bytes;
 use bytestring::ByteString;
 
 use super::plugin::{Generation, Limits};
 use super::{LoadError, PluginContext};
-use crate::codec::ProtocolVersion;
+use crate::codec::{ProtocolVersion, QoS};
 use crate::config::KvGrant;
+use crate::message::{Message, MessageProperties};
 use crate::policy::{ClientInfo, Credentials};
 
 /// A loaded plugin and nothing else; it dereferences to its [`Generation`], whose methods call
@@ -79,6 +81,20 @@ impl Harness {
             listener: Arc::from("default"),
             protocol: ProtocolVersion::V5,
             tls: None,
+        }
+    }
+
+    /// A QoS 1 message on `topic`, not retained, without properties, for `authorize_publish`.
+    pub fn message(topic: &str, payload: &[u8]) -> Message {
+        Message {
+            topic: ByteString::from(topic),
+            payload: Bytes::copy_from_slice(payload),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: MessageProperties::default(),
+            received: Instant::now(),
+            expiry: None,
+            publisher: None,
         }
     }
 

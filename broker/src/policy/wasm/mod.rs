@@ -33,7 +33,7 @@ pub mod version;
 
 use std::path::PathBuf;
 
-pub use calls::{Answer, AuthStep};
+pub use calls::{Answer, AuthStep, Decision, SubscribeDecision};
 pub use disk_cache::DiskCache;
 pub use engine::{Runtime, hex};
 pub use harness::Harness;
