@@ -4,7 +4,8 @@
 //! its own broker on an ephemeral port, so tests run in parallel without sharing state.
 //! Clients: `rumqttc` (v4 = MQTT 3.1.1, v5), a raw client on moat's own codec for
 //! byte-exact protocol checks (malformed packets, reason codes), the `mosquitto_pub` and
-//! `mosquitto_sub` commands, and the Eclipse Paho Python client.
+//! `mosquitto_sub` commands, and the Eclipse Paho Python client. Policy plugins: Rust test
+//! plugins built by `build.rs`, and the Python and JavaScript examples built by `guests`.
 //!
 //! Normative statement ids (MQTT-x.y.z-n) name the rule each test checks; docs/conformance.md
 //! maps them back to the tests.
@@ -16,6 +17,7 @@ mod conformance;
 mod connect;
 mod durable;
 mod enhanced_auth;
+mod guests;
 mod harness;
 mod interop;
 mod limits;
@@ -25,6 +27,7 @@ mod plugin_runtime;
 mod plugin_security;
 mod plugins;
 mod policy;
+mod polyglot;
 mod properties;
 mod proxy;
 mod qos;
