@@ -48,6 +48,8 @@ pub fn run() -> ExitCode {
         }
     };
     init_tracing(&config.log.filter);
+    // Room for every connection allowed, plus the store, plugins' files and listeners.
+    crate::net::descriptors::reserve(config.limits.max_connections.map(|n| u64::from(n) + 256));
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = config.server.worker_threads {
         runtime.worker_threads(n);

@@ -22,6 +22,7 @@
 //! and the per-connection steps; `admission`, `proxy`, `tls` and `ws` one concept each.
 
 pub mod admission;
+pub mod descriptors;
 pub mod proxy;
 pub mod tls;
 pub mod ws;
