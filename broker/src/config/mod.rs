@@ -38,8 +38,8 @@ pub use listener::{
     TlsVersion,
 };
 pub use plugins::{
-    Exhausted, ForeignSession, Grants, HookName, KvGrant, OnFailure, PluginConfig, PluginsConfig,
-    SecurityConfig,
+    Exhausted, ForeignSession, Grants, HookName, KvGrant, OnFailure, PasswordGrant, PluginConfig,
+    PluginsConfig, SecurityConfig,
 };
 
 /// A commented example configuration listing every key with its default value. It parses to
@@ -415,13 +415,14 @@ impl Config {
             source,
         })?;
         let mut config = Config::from_str_named(&text, &path.display().to_string())?;
-        // Plugin files named relative to the configuration file.
+        // Plugin files and granted files named relative to the configuration file.
         let base = path.parent().unwrap_or(Path::new(""));
         for plugin in &mut config.plugin_chain {
-            if let Some(wasm) = &mut plugin.wasm
-                && wasm.is_relative()
-            {
-                *wasm = base.join(&*wasm);
+            let granted = plugin.grants.files.iter_mut().flat_map(|f| f.values_mut());
+            for path in plugin.wasm.iter_mut().chain(granted) {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
             }
         }
         Ok(config)

@@ -6,9 +6,10 @@
 //! configuration with no `[[plugin]]` gets the default chain: the bundled `allow-anonymous`
 //! plugin on the listeners bound to a loopback address.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 /// The `[security]` table: rules the broker enforces itself, whatever the plugins say.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -159,6 +160,51 @@ impl Default for PluginConfig {
 pub struct Grants {
     /// `[plugin.grants.kv]`: a private key-value space.
     pub kv: Option<KvGrant>,
+    /// `files = { NAME = "PATH", ... }`: read-only access to these files, each under the name
+    /// the plugin asks for (relative paths are relative to the configuration file). A change
+    /// to one of them starts a new generation of the plugin (within about a second).
+    pub files: Option<BTreeMap<String, PathBuf>>,
+    /// `password = true`, or `[plugin.grants.password]` with `pool_size`: password hashes
+    /// checked by the broker (argon2, bcrypt, PBKDF2, Mosquitto's `$7$` and `$6$`).
+    #[serde(deserialize_with = "de_password_grant")]
+    pub password: Option<PasswordGrant>,
+}
+
+/// `[plugin.grants.password]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PasswordGrant {
+    /// `pool_size`: most hashes this plugin has checked at once, each on a thread of the
+    /// broker's blocking pool (1 to 64); a login waits for a free place, within its
+    /// `authenticate_timeout_ms`. Default: half the CPU cores, at least 1.
+    pub pool_size: u32,
+}
+
+impl Default for PasswordGrant {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        PasswordGrant {
+            pool_size: (cores / 2).max(1) as u32,
+        }
+    }
+}
+
+/// `password = true | false | { pool_size = N }`.
+fn de_password_grant<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PasswordGrant>, D::Error> {
+    struct Grant;
+    impl<'de> serde::de::Visitor<'de> for Grant {
+        type Value = Option<PasswordGrant>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("true, false or a table with `pool_size`")
+        }
+        fn visit_bool<E: serde::de::Error>(self, granted: bool) -> Result<Self::Value, E> {
+            Ok(granted.then(PasswordGrant::default))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            PasswordGrant::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    d.deserialize_any(Grant)
 }
 
 /// `[plugin.grants.kv]`.

@@ -157,6 +157,8 @@ fn example_documents_every_key() {
         "authorize_timeout_ms",
         "max_entries",
         "max_bytes",
+        "files",
+        "password",
         "commit_interval_ms",
     ] {
         assert!(
@@ -657,6 +659,27 @@ const BAD: &[(&str, &str, usize, &str, &str)] = &[
         "security.foreign_session",
         "unknown variant `share`",
     ),
+    (
+        "password grant",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\n[plugin.grants]\npassword = \"yes\"\n",
+        5,
+        "plugin[0].grants.password",
+        "true, false or a table with `pool_size`",
+    ),
+    (
+        "password pool size",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\n[plugin.grants]\npassword = { pool_size = 0 }\n",
+        5,
+        "plugin[0].grants.password.pool_size",
+        "between 1 and 64",
+    ),
+    (
+        "granted file name",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\n[plugin.grants]\nfiles = { \"a/b\" = \"x\" }\n",
+        5,
+        "plugin[0].grants.files",
+        "a file's name must be",
+    ),
 ];
 
 #[test]
@@ -703,13 +726,36 @@ fn plugin_files_are_relative_to_the_config_file() {
     let path = dir.path().join("moat.toml");
     std::fs::write(
         &path,
-        "[[plugin]]\nname = \"a\"\nwasm = \"plugins/a.wasm\"\n",
+        "[[plugin]]\nname = \"a\"\nwasm = \"plugins/a.wasm\"\n\
+         [plugin.grants]\nfiles = { passwd = \"etc/passwd\", acl = \"/abs/acl\" }\n",
     )
     .unwrap();
     let c = Config::load(&path).unwrap();
+    let p = &c.plugin_chain[0];
+    assert_eq!(p.wasm, Some(dir.path().join("plugins/a.wasm")));
+    let files = p.grants.files.as_ref().unwrap();
+    assert_eq!(files["passwd"], dir.path().join("etc/passwd"));
+    assert_eq!(files["acl"], std::path::PathBuf::from("/abs/acl"));
+}
+
+#[test]
+fn the_password_grant_is_a_flag_or_a_table() {
+    let grant = |value: &str| {
+        parse(&format!(
+            "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\n[plugin.grants]\npassword = {value}\n"
+        ))
+        .unwrap()
+        .plugin_chain[0]
+            .grants
+            .password
+            .clone()
+    };
+    assert_eq!(grant("true"), Some(PasswordGrant::default()));
+    assert!(PasswordGrant::default().pool_size >= 1);
+    assert_eq!(grant("false"), None);
     assert_eq!(
-        c.plugin_chain[0].wasm,
-        Some(dir.path().join("plugins/a.wasm"))
+        grant("{ pool_size = 3 }"),
+        Some(PasswordGrant { pool_size: 3 })
     );
 }
 

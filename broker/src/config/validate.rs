@@ -410,6 +410,63 @@ fn validate_plugins(config: &Config) -> Result<(), Invalid> {
                 });
             }
         }
+        validate_grants(i, &p.grants)?;
+    }
+    Ok(())
+}
+
+/// Most files one plugin may be granted.
+const MAX_GRANTED_FILES: usize = 32;
+
+/// The `files` and `password` grants of `plugin[i]`.
+fn validate_grants(i: usize, grants: &crate::config::Grants) -> Result<(), Invalid> {
+    let at = |keys: &[&str]| {
+        keys.iter().fold(
+            KeyPath::keys(&["plugin"])
+                .with(Seg::Index(i))
+                .with(Seg::Key("grants".into())),
+            |path, k| path.with(Seg::Key((*k).to_owned())),
+        )
+    };
+    if let Some(files) = &grants.files {
+        if files.len() > MAX_GRANTED_FILES {
+            return Err(Invalid {
+                path: at(&["files"]),
+                message: format!(
+                    "at most {MAX_GRANTED_FILES} files may be granted, got {}",
+                    files.len()
+                ),
+            });
+        }
+        for (name, path) in files {
+            let fine = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !fine {
+                return Err(Invalid {
+                    path: at(&["files"]),
+                    message: format!(
+                        "a file's name must be 1 to 64 letters, digits, '-', '_' or '.', got {name:?}"
+                    ),
+                });
+            }
+            if path.as_os_str().is_empty() {
+                return Err(Invalid {
+                    path: at(&["files", name.as_str()]),
+                    message: "the path is empty".into(),
+                });
+            }
+        }
+    }
+    if let Some(password) = &grants.password
+        && !(1..=64).contains(&password.pool_size)
+    {
+        return Err(Invalid {
+            path: at(&["password", "pool_size"]),
+            message: format!("must be between 1 and 64, got {}", password.pool_size),
+        });
     }
     Ok(())
 }

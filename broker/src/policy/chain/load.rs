@@ -115,7 +115,7 @@ pub(super) async fn load_slot(
     let ctx = Arc::new(PluginContext::new(
         name.clone(),
         epoch.clone(),
-        spec.grants.kv.as_ref(),
+        &spec.grants,
     ));
     let limits = Limits {
         min_instances: spec.min_instances as usize,

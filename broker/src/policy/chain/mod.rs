@@ -22,10 +22,12 @@
 //!
 //! Layout: this file holds the chain and its answers; `slot` one position in it (the plugin's
 //! current generation, its epoch, its failure log); `load` builds a chain from the
-//! configuration (the default chain included).
+//! configuration (the default chain included); `watch` renews a plugin when a file granted to
+//! it changes.
 
 mod load;
 mod slot;
+mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,13 +85,13 @@ impl Chain {
             tracing::info!(plugin = %slot.name, hooks = ?slot.hooks.names(),
                 sha256 = %hex(&g.hash), "plugin loaded");
         }
-        Ok(Chain {
-            inner: Arc::new(Inner {
-                slots,
-                exhausted: config.plugins.exhausted,
-                layout: 0,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            slots,
+            exhausted: config.plugins.exhausted,
+            layout: 0,
+        });
+        watch::spawn(&inner);
+        Ok(Chain { inner })
     }
 
     /// The plugins, in order.
@@ -191,8 +193,9 @@ impl Inner {
             if !slot.serves(hook, listener) {
                 continue;
             }
-            let g = slot.generation();
+            // The epoch before the generation: see `Slot::install`.
             marks.push((i as u32, slot.epoch()));
+            let g = slot.generation();
             cacheable &= !g.manifest.needs_payload;
             let answer = match question {
                 Question::Publish(kind, message) => {
@@ -225,10 +228,11 @@ impl Inner {
             if !slot.serves(Hooks::AUTHENTICATE, &client.listener) {
                 continue;
             }
+            let epoch = slot.epoch();
             let g = slot.generation();
             match g.authenticate(client, credentials).await {
                 Ok(Answer::Next) => {}
-                Ok(Answer::Decided(step)) => return self.auth_outcome(i, slot, step),
+                Ok(Answer::Decided(step)) => return self.auth_outcome(i, epoch, step),
                 Err(f) => {
                     slot.log_failure("authenticate", &f);
                     if slot.on_failure == OnFailure::Deny {
@@ -262,14 +266,16 @@ impl Inner {
         }
     }
 
-    fn auth_outcome(&self, index: usize, slot: &Slot, step: AuthStep) -> AuthOutcome {
+    /// `epoch`: the plugin's, read before the generation that answered was, so that a
+    /// challenge issued by a generation replaced meanwhile is not continued by the next.
+    fn auth_outcome(&self, index: usize, epoch: u64, step: AuthStep) -> AuthOutcome {
         match step {
             AuthStep::Allow { identity, data } => AuthOutcome::Allow { identity, data },
             AuthStep::Deny(d) => AuthOutcome::Deny(d),
             AuthStep::Challenge { data, state } => {
                 let mut kept = BytesMut::with_capacity(12 + state.len());
                 kept.put_u32_le(index as u32);
-                kept.put_u64_le(slot.epoch());
+                kept.put_u64_le(epoch);
                 kept.put_slice(&state);
                 AuthOutcome::Challenge {
                     data,
@@ -304,7 +310,7 @@ impl Inner {
         }
         let g = slot.generation();
         match g.continue_auth(client, &state[12..], data).await {
-            Ok(Answer::Decided(step)) => self.auth_outcome(index as usize, slot, step),
+            Ok(Answer::Decided(step)) => self.auth_outcome(index as usize, epoch, step),
             // The exchange is this plugin's; walking away from it is a refusal.
             Ok(Answer::Next) => refused("the plugin abandoned the authentication"),
             Err(f) => {

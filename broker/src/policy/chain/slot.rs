@@ -41,6 +41,20 @@ impl Slot {
         self.current.load_full()
     }
 
+    /// Puts `generation` in service and returns the one it replaces. Calls that start from
+    /// now on use it; calls in flight finish on the old one, which lives until they end.
+    ///
+    /// The generation is stored first and the epoch moved after it, while deciders read the
+    /// epoch first and the generation after it: a decision stamped with the new epoch was
+    /// therefore taken by the new generation, and any decision of the old one carries the old
+    /// epoch, which is stale from now on.
+    pub(super) fn install(&self, generation: Arc<Generation>) -> Arc<Generation> {
+        let old = self.current.swap(generation);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        old
+    }
+
+    /// The epoch, read before the generation: see [`Slot::install`].
     pub(super) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }

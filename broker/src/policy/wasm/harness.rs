@@ -20,7 +20,7 @@ use bytestring::ByteString;
 use super::plugin::{Generation, Limits};
 use super::{LoadError, PluginContext};
 use crate::codec::{ProtocolVersion, QoS};
-use crate::config::KvGrant;
+use crate::config::{Grants, KvGrant};
 use crate::message::{Message, MessageProperties};
 use crate::policy::{ClientInfo, Credentials};
 
@@ -61,15 +61,41 @@ impl Harness {
         config: &str,
         limits: Limits,
     ) -> Result<Harness, LoadError> {
+        let grants = Grants {
+            kv: Some(KvGrant::default()),
+            ..Grants::default()
+        };
+        Harness::load_with_grants(bytes, config, limits, &grants).await
+    }
+
+    /// Loads a component with the given limits and grants (files are read as the broker reads
+    /// them; [`Harness::reload_files`] rereads them).
+    pub async fn load_with_grants(
+        bytes: &[u8],
+        config: &str,
+        limits: Limits,
+        grants: &Grants,
+    ) -> Result<Harness, LoadError> {
         let name: Arc<str> = Arc::from("harness");
         let ctx = Arc::new(PluginContext::new(
             name.clone(),
             Arc::new(AtomicU64::new(0)),
-            Some(&KvGrant::default()),
+            grants,
         ));
         let generation =
             Generation::load(name, 1, bytes, config.to_owned(), limits, ctx, None).await?;
         Ok(Harness { generation })
+    }
+
+    /// Rereads the granted files into a new generation, as the broker does when one changes;
+    /// on an error (say `init` refuses the new content) the current generation stays.
+    pub async fn reload_files(&mut self) -> Result<(), LoadError> {
+        let files = super::plugin::read_files(&self.generation.ctx).await?;
+        self.generation = self
+            .generation
+            .renew(self.generation.number + 1, files)
+            .await?;
+        Ok(())
     }
 
     /// A client on listener `default` from 127.0.0.1, speaking MQTT 5.

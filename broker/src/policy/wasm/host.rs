@@ -8,9 +8,9 @@
 //!   name lookup; standard output and error go nowhere (plugins log through `host.log`).
 //! - Clocks are coarse: WASI's wall and monotonic clocks tick in milliseconds, like
 //!   `host.now-ms`, so a plugin cannot time the host finely.
-//! - Capabilities the operator did not grant answer `not-granted` (an error value, never a
-//!   trap), and the attempt is logged. This issue implements `kv`; the other capabilities are
-//!   declared and refuse until the bundled-plugins issue implements them.
+//! - Capabilities (`super::capabilities`, one file each) answer only as the operator granted
+//!   them; one not granted answers `not-granted` (an error value, never a trap), and the
+//!   attempt is logged.
 //! - Memory is capped by [`MemoryCap`]: the sum of an instance's linear memories, checked on
 //!   every growth; going over traps the instance with [`Overrun::Memory`].
 
@@ -24,17 +24,16 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::bindings::moat::policy::host;
 use super::bindings::moat::policy::types::CapabilityError;
-use super::bindings::moat::policy::{files, host, http, kv, ldap, password, sql};
-use crate::config::KvGrant;
+use super::capabilities::{FileSnapshot, Granted};
+use crate::config::Grants;
 
 /// Longest log line a plugin may write; the rest is cut.
 const MAX_LOG_LINE: usize = 4096;
 /// Most counter names per plugin, and the longest name (in characters).
 const MAX_COUNTERS: usize = 64;
 const MAX_COUNTER_NAME: usize = 64;
-/// Longest `kv` key.
-const MAX_KV_KEY: usize = 1024;
 
 /// Why the host stopped a call: carried as the error of a trap so the caller can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -45,25 +44,26 @@ pub enum Overrun {
     Memory,
 }
 
-/// What every instance of one plugin shares: its name, its decision epoch (bumped by
-/// `invalidate`), its counters and its `kv` space.
+/// What every instance of one plugin shares, across its generations: its name, its decision
+/// epoch (bumped by `invalidate`), its counters and what it was granted.
 pub struct PluginContext {
     pub name: Arc<str>,
     /// Bumped to make every cached decision this plugin took part in stale.
     pub epoch: Arc<AtomicU64>,
     counters: Mutex<HashMap<String, u64>>,
-    kv: Option<Mutex<KvSpace>>,
+    /// What the operator granted it.
+    pub granted: Granted,
     /// When a refused capability was last logged (at most one line a second per plugin).
     refusal_logged: Mutex<Option<Instant>>,
 }
 
 impl PluginContext {
-    pub fn new(name: Arc<str>, epoch: Arc<AtomicU64>, kv: Option<&KvGrant>) -> PluginContext {
+    pub fn new(name: Arc<str>, epoch: Arc<AtomicU64>, grants: &Grants) -> PluginContext {
         PluginContext {
             name,
             epoch,
             counters: Mutex::new(HashMap::new()),
-            kv: kv.map(|g| Mutex::new(KvSpace::new(g))),
+            granted: Granted::new(grants),
             refusal_logged: Mutex::new(None),
         }
     }
@@ -80,7 +80,8 @@ impl PluginContext {
         v
     }
 
-    fn refuse(&self, capability: &str) -> CapabilityError {
+    /// The answer to a capability call the grant does not cover; logged at most once a second.
+    pub(super) fn refuse(&self, capability: &str) -> CapabilityError {
         let mut last = self.refusal_logged.lock();
         let now = Instant::now();
         if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
@@ -94,6 +95,8 @@ impl PluginContext {
 /// The data of one instance's store.
 pub struct HostState {
     pub(super) ctx: Arc<PluginContext>,
+    /// The granted files as this instance's generation read them.
+    pub(super) files: Arc<FileSnapshot>,
     wasi: WasiCtx,
     table: ResourceTable,
     pub(super) memory: MemoryCap,
@@ -101,7 +104,11 @@ pub struct HostState {
 }
 
 impl HostState {
-    pub(super) fn new(ctx: Arc<PluginContext>, memory_limit: usize) -> HostState {
+    pub(super) fn new(
+        ctx: Arc<PluginContext>,
+        files: Arc<FileSnapshot>,
+        memory_limit: usize,
+    ) -> HostState {
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
             .allow_udp(false)
@@ -111,6 +118,7 @@ impl HostState {
             .build();
         HostState {
             ctx,
+            files,
             wasi,
             table: ResourceTable::new(),
             memory: MemoryCap {
@@ -272,181 +280,3 @@ impl host::Host for HostState {
 }
 
 impl super::bindings::moat::policy::types::Host for HostState {}
-
-/// A plugin's private key-value space: bounded in entries and bytes, entries with a TTL.
-struct KvSpace {
-    entries: HashMap<String, (Vec<u8>, Option<Instant>)>,
-    bytes: u64,
-    max_entries: usize,
-    max_bytes: u64,
-}
-
-impl KvSpace {
-    fn new(grant: &KvGrant) -> KvSpace {
-        KvSpace {
-            entries: HashMap::new(),
-            bytes: 0,
-            max_entries: grant.max_entries as usize,
-            max_bytes: grant.max_bytes,
-        }
-    }
-
-    fn size(key: &str, value: &[u8]) -> u64 {
-        (key.len() + value.len()) as u64
-    }
-
-    fn remove(&mut self, key: &str) {
-        if let Some((value, _)) = self.entries.remove(key) {
-            self.bytes -= Self::size(key, &value);
-        }
-    }
-
-    fn purge_expired(&mut self, now: Instant) {
-        let expired: Vec<String> = self
-            .entries
-            .iter()
-            .filter(|(_, (_, exp))| exp.is_some_and(|e| e <= now))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in expired {
-            self.remove(&k);
-        }
-    }
-
-    fn get(&mut self, key: &str) -> Option<Vec<u8>> {
-        let now = Instant::now();
-        match self.entries.get(key) {
-            Some((_, Some(exp))) if *exp <= now => {
-                self.remove(key);
-                None
-            }
-            Some((value, _)) => Some(value.clone()),
-            None => None,
-        }
-    }
-
-    fn set(
-        &mut self,
-        key: String,
-        value: Vec<u8>,
-        ttl: Option<u32>,
-    ) -> Result<(), CapabilityError> {
-        if key.len() > MAX_KV_KEY {
-            return Err(CapabilityError::Invalid(format!(
-                "keys are at most {MAX_KV_KEY} bytes"
-            )));
-        }
-        let size = Self::size(&key, &value);
-        if size > self.max_bytes {
-            return Err(CapabilityError::TooLarge);
-        }
-        self.remove(&key);
-        let fits = |s: &Self| s.entries.len() < s.max_entries && s.bytes + size <= s.max_bytes;
-        if !fits(self) {
-            self.purge_expired(Instant::now());
-            if !fits(self) {
-                return Err(CapabilityError::QuotaExceeded);
-            }
-        }
-        let expires = ttl.map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
-        self.bytes += size;
-        self.entries.insert(key, (value, expires));
-        Ok(())
-    }
-}
-
-impl kv::Host for HostState {
-    async fn get(
-        &mut self,
-        key: String,
-    ) -> wasmtime::Result<Result<Option<Vec<u8>>, CapabilityError>> {
-        Ok(match &self.ctx.kv {
-            Some(space) => Ok(space.lock().get(&key)),
-            None => Err(self.ctx.refuse("kv")),
-        })
-    }
-
-    async fn set(
-        &mut self,
-        key: String,
-        value: Vec<u8>,
-        ttl_seconds: Option<u32>,
-    ) -> wasmtime::Result<Result<(), CapabilityError>> {
-        Ok(match &self.ctx.kv {
-            Some(space) => space.lock().set(key, value, ttl_seconds),
-            None => Err(self.ctx.refuse("kv")),
-        })
-    }
-
-    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), CapabilityError>> {
-        Ok(match &self.ctx.kv {
-            Some(space) => {
-                space.lock().remove(&key);
-                Ok(())
-            }
-            None => Err(self.ctx.refuse("kv")),
-        })
-    }
-}
-
-// The capabilities below are declared in the contract now and implemented by the
-// bundled-plugins issue; until a grant for them exists they refuse, as an ungranted capability
-// does.
-
-impl files::Host for HostState {
-    async fn read(&mut self, _name: String) -> wasmtime::Result<Result<Vec<u8>, CapabilityError>> {
-        Ok(Err(self.ctx.refuse("files")))
-    }
-}
-
-impl password::Host for HostState {
-    async fn verify(
-        &mut self,
-        _hash: Option<String>,
-        _password: Vec<u8>,
-    ) -> wasmtime::Result<Result<bool, CapabilityError>> {
-        Ok(Err(self.ctx.refuse("password")))
-    }
-}
-
-impl sql::Host for HostState {
-    async fn query(
-        &mut self,
-        _connection: String,
-        _statement: String,
-        _params: Vec<sql::Value>,
-    ) -> wasmtime::Result<Result<sql::Rows, CapabilityError>> {
-        Ok(Err(self.ctx.refuse("sql")))
-    }
-}
-
-impl ldap::Host for HostState {
-    async fn bind(
-        &mut self,
-        _directory: String,
-        _dn: String,
-        _password: Vec<u8>,
-    ) -> wasmtime::Result<Result<bool, CapabilityError>> {
-        Ok(Err(self.ctx.refuse("ldap")))
-    }
-
-    async fn search(
-        &mut self,
-        _directory: String,
-        _base: String,
-        _scope: ldap::Scope,
-        _filter: String,
-        _attributes: Vec<String>,
-    ) -> wasmtime::Result<Result<Vec<ldap::Entry>, CapabilityError>> {
-        Ok(Err(self.ctx.refuse("ldap")))
-    }
-}
-
-impl http::Host for HostState {
-    async fn fetch(
-        &mut self,
-        _request: http::Request,
-    ) -> wasmtime::Result<Result<http::Response, CapabilityError>> {
-        Ok(Err(self.ctx.refuse("http")))
-    }
-}

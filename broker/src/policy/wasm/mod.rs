@@ -7,8 +7,10 @@
 //!   compiling components, with an in-memory and an on-disk cache (`disk_cache`: native code,
 //!   so only in a directory nobody else may write).
 //! - `version`: which contract versions are accepted (`0.1.x`).
-//! - `host`: the imports a plugin sees (log, clock, counters, invalidate, capabilities), a
-//!   WASI that grants nothing, the memory cap.
+//! - `host`: the imports every plugin sees (log, clock, counters, invalidate), a WASI that
+//!   grants nothing, the memory cap.
+//! - [`capabilities`]: what the operator may grant a plugin (`kv`, `files`, `password`...),
+//!   one file each.
 //! - `pool`: ready instances, so concurrent calls run in parallel.
 //! - [`Generation`] (`plugin.rs`): one loaded version of a plugin, and the call wrapper that
 //!   enforces the CPU budget, the timeout and failure handling.
@@ -23,6 +25,7 @@
 pub mod bindings;
 pub mod bundled;
 pub mod calls;
+pub mod capabilities;
 pub mod disk_cache;
 mod engine;
 mod harness;
@@ -34,6 +37,7 @@ pub mod version;
 use std::path::PathBuf;
 
 pub use calls::{Answer, AuthStep, Decision, SubscribeDecision};
+pub use capabilities::{FileSnapshot, new_password_hash, new_scram_verifier};
 pub use disk_cache::DiskCache;
 pub use engine::{Runtime, hex};
 pub use harness::Harness;

@@ -1,9 +1,11 @@
 //! One loaded generation of one plugin: its compiled component, its pool of instances, and the
 //! calls into its hooks with the sandbox's limits.
 //!
-//! Loading compiles (or loads from cache), instantiates and calls `init` with the plugin's
-//! configuration, all before the generation serves anything; its manifest (hooks, payload,
-//! session-state version) comes from that first `init`, and every later instance must agree.
+//! Loading compiles (or loads from cache), reads the granted files, instantiates and calls
+//! `init` with the plugin's configuration, all before the generation serves anything; its
+//! manifest (hooks, payload, session-state version) comes from that first `init`, and every
+//! later instance must agree. [`Generation::renew`] makes the next generation of the same
+//! component with new file contents, without compiling.
 //!
 //! Every call runs under two clocks: a CPU budget (epoch ticks while guest code runs; an
 //! endless loop is stopped) and a wall-clock timeout (which also covers waiting for an instance
@@ -24,6 +26,7 @@ use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::moat::policy::types as wit;
 use super::bindings::{Plugin as Bindings, PluginPre};
+use super::capabilities::FileSnapshot;
 use super::disk_cache::DiskCache;
 use super::engine::Runtime;
 use super::host::{HostState, Overrun, PluginContext};
@@ -121,6 +124,8 @@ pub struct Generation {
     pub manifest: Manifest,
     pub limits: Limits,
     pub ctx: Arc<PluginContext>,
+    /// The granted files as this generation read them.
+    pub files: Arc<FileSnapshot>,
     pub stats: Stats,
     runtime: &'static Arc<Runtime>,
     pre: PluginPre<HostState>,
@@ -150,7 +155,7 @@ impl Drop for Lease<'_> {
 
 impl Generation {
     /// Compiles, instantiates and initialises a plugin; fails without side effects if any step
-    /// does.
+    /// does. The granted files are read for it (a snapshot its instances share).
     pub async fn load(
         name: Arc<str>,
         number: u64,
@@ -171,20 +176,55 @@ impl Generation {
         };
         super::version::check(&component)?;
         let pre = instantiate_pre(runtime, &component)?;
-        let mut generation = Generation {
+        let files = read_files(&ctx).await?;
+        Generation::start(Generation {
             name,
             number,
             hash,
             manifest: Manifest::default(),
             limits,
             ctx,
+            files,
             stats: Stats::default(),
             runtime,
             pre,
             config_json,
             pool: Pool::new(0),
             replacements: Mutex::new((REPLACE_BURST, Instant::now())),
-        };
+        })
+        .await
+    }
+
+    /// Generation `number` of the same component and configuration, with `files` as its
+    /// snapshot of the granted files: instantiated and initialised anew (nothing is compiled),
+    /// ready to replace this one. Fails without side effects, e.g. when `init` refuses the new
+    /// files.
+    pub async fn renew(
+        &self,
+        number: u64,
+        files: Arc<FileSnapshot>,
+    ) -> Result<Arc<Generation>, LoadError> {
+        Generation::start(Generation {
+            name: self.name.clone(),
+            number,
+            hash: self.hash,
+            manifest: Manifest::default(),
+            limits: self.limits.clone(),
+            ctx: self.ctx.clone(),
+            files,
+            stats: Stats::default(),
+            runtime: self.runtime,
+            pre: self.pre.clone(),
+            config_json: self.config_json.clone(),
+            pool: Pool::new(0),
+            replacements: Mutex::new((REPLACE_BURST, Instant::now())),
+        })
+        .await
+    }
+
+    /// Creates the first instances of a new generation (the first one's `init` gives the
+    /// manifest), then its pool.
+    async fn start(mut generation: Generation) -> Result<Arc<Generation>, LoadError> {
         let (first, manifest) = generation
             .new_instance(INIT_CPU_BUDGET, INIT_TIMEOUT)
             .await
@@ -215,7 +255,11 @@ impl Generation {
         self.stats.instances_created.fetch_add(1, Ordering::Relaxed);
         let mut store = Store::new(
             &self.runtime.engine,
-            HostState::new(self.ctx.clone(), self.limits.memory_bytes),
+            HostState::new(
+                self.ctx.clone(),
+                self.files.clone(),
+                self.limits.memory_bytes,
+            ),
         );
         store.limiter(|s| &mut s.memory);
         store.epoch_deadline_callback(|mut ctx| {
@@ -381,6 +425,14 @@ fn arm(store: &mut Store<HostState>, budget: Duration) {
         budget: ticks,
     };
     store.set_epoch_deadline(1);
+}
+
+/// Reads the plugin's granted files, off the async workers.
+pub(super) async fn read_files(ctx: &Arc<PluginContext>) -> Result<Arc<FileSnapshot>, LoadError> {
+    let ctx = ctx.clone();
+    tokio::task::spawn_blocking(move || Arc::new(ctx.granted.read_files()))
+        .await
+        .map_err(|e| LoadError::Init(format!("reading the granted files failed: {e}")))
 }
 
 fn instantiate_pre(

@@ -1,0 +1,64 @@
+//! The capabilities the host offers a plugin beyond its own memory, one file each, as the
+//! operator grants them per plugin in `[plugin.grants]`.
+//!
+//! Each file implements the host side of one WIT interface (`wit/capabilities.wit`) for
+//! [`HostState`](super::host::HostState). A call to a capability the operator did not grant
+//! answers `not-granted` (an error value, never a trap), and the attempt is logged
+//! ([`PluginContext::refuse`](super::host::PluginContext)).
+//!
+//! - `kv`: a private key-value space with TTLs and a quota, shared by all instances.
+//! - `files`: the granted files, read once per generation ([`FileSnapshot`]); a change on
+//!   disk starts a new generation (`policy::chain::watch`).
+//! - `password`: password hashes checked on a bounded blocking pool ([`PasswordPool`]).
+//! - `sql`, `ldap`, `http`: declared in the contract, refused until implemented.
+//!
+//! What a plugin was granted lives in [`Granted`], one per plugin, shared by its generations;
+//! only the file snapshot belongs to a generation.
+
+mod files;
+mod http;
+mod kv;
+mod ldap;
+mod password;
+mod sql;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+pub use files::{FileSnapshot, Fingerprint, MAX_FILE_BYTES};
+use kv::KvSpace;
+pub use password::{
+    Caps as PasswordCaps, PasswordPool, hash_new as new_password_hash,
+    scram_new as new_scram_verifier,
+};
+
+use crate::config::Grants;
+
+/// What one plugin was granted, ready to serve.
+pub struct Granted {
+    pub(in crate::policy::wasm) kv: Option<Mutex<KvSpace>>,
+    /// The granted files, by the name the plugin asks for.
+    pub files: Option<Arc<BTreeMap<String, PathBuf>>>,
+    pub(in crate::policy::wasm) password: Option<PasswordPool>,
+}
+
+impl Granted {
+    pub fn new(grants: &Grants) -> Granted {
+        Granted {
+            kv: grants.kv.as_ref().map(|g| Mutex::new(KvSpace::new(g))),
+            files: grants.files.clone().map(Arc::new),
+            password: grants.password.as_ref().map(PasswordPool::new),
+        }
+    }
+
+    /// Reads the granted files (blocking); an empty snapshot without a `files` grant.
+    pub fn read_files(&self) -> FileSnapshot {
+        match &self.files {
+            Some(grant) => FileSnapshot::read(grant),
+            None => FileSnapshot::default(),
+        }
+    }
+}
