@@ -33,6 +33,17 @@ pub struct Cli {
                 listeners. May be given several times"
     )]
     pub listen: Vec<SocketAddr>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What `moat` does besides running the broker.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Create, update (-D: delete) a user in a password file (argon2id), as static-acl reads
+    /// it and mosquitto_passwd writes it.
+    Passwd(crate::passwd::PasswdArgs),
 }
 
 /// Runs the `moat` command: parse the command line, load the configuration, open the store,
@@ -40,6 +51,15 @@ pub struct Cli {
 /// run it as a separate process too (to kill it with SIGKILL).
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Passwd(args)) = &cli.command {
+        return match crate::passwd::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("moat passwd: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match load_config(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -185,7 +205,8 @@ mod tests {
             cli,
             Cli {
                 config: None,
-                listen: vec![]
+                listen: vec![],
+                command: None,
             }
         );
     }

@@ -25,7 +25,8 @@
 //!   [`store::DiskStore`] (redb, group commit) and [`store::MemoryStore`].
 //! - [`net`]: listeners and accept loops.
 //! - [`config`], [`cli`]: the TOML configuration (errors name file, line and key) and the
-//!   command line; [`metrics`] and [`sys`]: counters and the Mosquitto-named `$SYS` topics.
+//!   command line; [`passwd`]: `moat passwd`, which writes password files; [`metrics`] and
+//!   [`sys`]: counters and the Mosquitto-named `$SYS` topics.
 //! - [`pending`]: a value-or-future type that keeps immediate answers allocation-free.
 
 // `deny`, not `forbid`: the only exceptions are wasmtime's generated bindings and loading a
@@ -39,6 +40,7 @@ pub mod config;
 pub mod message;
 pub mod metrics;
 pub mod net;
+pub mod passwd;
 pub mod pending;
 pub mod policy;
 pub mod router;

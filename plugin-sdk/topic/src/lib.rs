@@ -225,6 +225,31 @@ pub fn filter_within(pattern: &str, filter: &str) -> bool {
     }
 }
 
+/// True if some topic name is matched by both filters: an overlap test. A rule "may read
+/// `sensors/#`" and the subscription `#` overlap (on `sensors/...`), so the subscription can
+/// be allowed with every delivery checked; `sensors/#` and `alarms/#` do not.
+///
+/// Both are assumed valid filters. A filter whose first level is a wildcard reaches no `$`
+/// topic (MQTT-4.7.2-1), so `#` and `$SYS/#` do not overlap.
+pub fn filters_overlap(a: &str, b: &str) -> bool {
+    let first_wild = |f: &str| f.starts_with('+') || f.starts_with('#');
+    if (a.starts_with('$') && first_wild(b)) || (b.starts_with('$') && first_wild(a)) {
+        return false;
+    }
+    let mut a_levels = a.split('/');
+    let mut b_levels = b.split('/');
+    loop {
+        match (a_levels.next(), b_levels.next()) {
+            // `#` matches the remaining levels, and the parent level too (`a/#` matches `a`).
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(x), Some(y)) if x == y => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 /// Expands the placeholders of an ACL pattern: `%c` (client identifier), `%u` (user name) and
 /// `${name}` (any other value, such as a token claim or a directory attribute), each looked up
 /// with `lookup` (`"client_id"`, `"username"` and `name`).
@@ -268,6 +293,35 @@ pub fn expand_pattern<'v>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_overlap_when_a_topic_matches_both() {
+        let yes = [
+            ("#", "sensors/#"),
+            ("sensors/+/temp", "sensors/k1/+"),
+            ("a/#", "a"),
+            ("a", "a/#"),
+            ("+/+", "x/y"),
+            ("$SYS/#", "$SYS/+/load"),
+            ("a//b", "a/+/b"),
+        ];
+        let no = [
+            ("sensors/#", "alarms/#"),
+            ("#", "$SYS/#"),
+            ("+/load", "$SYS/load"),
+            ("a/+", "a"),
+            ("a/b", "a/b/c"),
+            ("a/+/c", "a/b/d"),
+        ];
+        for (a, b) in yes {
+            assert!(filters_overlap(a, b), "{a} and {b} overlap");
+            assert!(filters_overlap(b, a), "{b} and {a} overlap");
+        }
+        for (a, b) in no {
+            assert!(!filters_overlap(a, b), "{a} and {b} do not overlap");
+            assert!(!filters_overlap(b, a), "{b} and {a} do not overlap");
+        }
+    }
 
     #[test]
     fn topic_names() {

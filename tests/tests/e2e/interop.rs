@@ -17,7 +17,7 @@ use crate::harness::flows::{Peer, V4, text};
 use crate::harness::{self, TestBroker, WAIT};
 
 /// A `mosquitto_pub` or `mosquitto_sub` command against the broker, output captured.
-fn mosquitto(bin: &str, broker: &TestBroker, args: &[&str]) -> Command {
+pub fn mosquitto(bin: &str, broker: &TestBroker, args: &[&str]) -> Command {
     let mut cmd = Command::new(bin);
     cmd.args(["-h", "127.0.0.1", "-p", &broker.port().to_string()])
         .args(args)
