@@ -58,6 +58,9 @@ pub struct Shared {
     pub admission: Arc<crate::net::admission::Admission>,
     /// Retained-message and persistent-session quotas (`quotas.rs`).
     pub quotas: quotas::Quotas,
+    /// Client identifiers the operator banned (`crate::admin`): refused at CONNECT with 0x8A.
+    /// Kept in memory only.
+    pub bans: RwLock<std::collections::HashSet<ByteString>>,
     pub shutdown: CancellationToken,
     pub started: Instant,
     tasks: TaskTracker,
@@ -677,6 +680,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Plugin(#[from] crate::policy::chain::ChainError),
+    #[error("{0}")]
+    Admin(String),
     #[error(
         "listener `{name}` on {addr} is not on loopback and {why}; configure an \
          authenticating plugin for it, or set `allow_anonymous_remote = true` in [security] \
@@ -696,6 +701,9 @@ pub struct Broker {
     bound: Vec<Arc<crate::net::Listener>>,
     /// The plugin chain, when the broker runs one (not with [`Broker::start_with`]).
     chain: Option<crate::policy::chain::Chain>,
+    /// The operator's controls over it (`crate::admin`), and the admin API's address.
+    control: Option<Arc<crate::admin::Control>>,
+    admin: Option<SocketAddr>,
 }
 
 impl Broker {
@@ -710,7 +718,10 @@ impl Broker {
             Arc::new(chain.clone()),
         )
         .await?;
-        broker.chain = Some(chain);
+        if let Err(e) = broker.attach_chain(chain).await {
+            broker.shutdown(Duration::ZERO).await;
+            return Err(e);
+        }
         Ok(broker)
     }
 
@@ -725,8 +736,42 @@ impl Broker {
             .await
             .map_err(|e| StoreError(format!("the store's start failed: {e}")))??;
         let mut broker = Broker::start_with(config, store, Arc::new(chain.clone())).await?;
-        broker.chain = Some(chain);
+        if let Err(e) = broker.attach_chain(chain).await {
+            broker.shutdown(Duration::ZERO).await;
+            return Err(e);
+        }
         Ok(broker)
+    }
+
+    /// Keeps the chain the broker serves with, and starts what changes it while it runs: the
+    /// admin API (`[admin]`) and the watched plugin folder (`plugins.watch_dir`).
+    async fn attach_chain(&mut self, chain: crate::policy::chain::Chain) -> Result<(), StartError> {
+        let control = crate::admin::Control::new(self.shared.clone(), chain.clone());
+        let config = &self.shared.config;
+        if config.admin.enabled() {
+            let server = crate::admin::serve_http(control.clone(), &config.admin)
+                .await
+                .map_err(StartError::Admin)?;
+            self.admin = Some(server.addr);
+        }
+        if let Some(dir) = &config.plugins.watch_dir {
+            let interval = Duration::from_millis(config.plugins.watch_interval_ms.into());
+            crate::admin::watch(control.clone(), dir.clone(), interval)
+                .map_err(|e| StartError::Admin(e.to_string()))?;
+        }
+        self.chain = Some(chain);
+        self.control = Some(control);
+        Ok(())
+    }
+
+    /// The operator's controls (plugins, clients), when the broker runs a plugin chain.
+    pub fn control(&self) -> Option<&Arc<crate::admin::Control>> {
+        self.control.as_ref()
+    }
+
+    /// Where the admin API listens, when `[admin]` turned it on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
     }
 
     /// The configured plugin chain (with no `[[plugin]]`, the bundled `allow-anonymous` plugin
@@ -743,11 +788,7 @@ impl Broker {
                 .iter()
                 .filter(|l| !l.bind.ip().is_loopback())
             {
-                let why = if !chain.authenticates(&l.name) {
-                    "no plugin authenticates its clients"
-                } else if chain.admits_anonymous(&l.name).await {
-                    "the plugin chain lets clients in without credentials there"
-                } else {
+                let Some(why) = chain.open_door(&l.name).await else {
                     continue;
                 };
                 return Err(StartError::AnonymousRemote {
@@ -795,6 +836,7 @@ impl Broker {
             metrics: Metrics::default(),
             admission,
             quotas: quotas::Quotas::default(),
+            bans: RwLock::new(std::collections::HashSet::new()),
             shutdown: CancellationToken::new(),
             started: Instant::now(),
             tasks: TaskTracker::new(),
@@ -861,6 +903,8 @@ impl Broker {
             listeners,
             bound: running,
             chain: None,
+            control: None,
+            admin: None,
         })
     }
 

@@ -22,7 +22,7 @@ use crate::config::{Config, ConfigError};
 pub struct Cli {
     /// The configuration file (TOML). Without it, built-in defaults are used: one listener on
     /// 127.0.0.1:1883.
-    #[arg(short = 'c', long, value_name = "FILE")]
+    #[arg(short = 'c', long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
 
     /// `--listen ADDR`, repeatable: addresses to listen on instead of the configured listeners.
@@ -44,6 +44,15 @@ pub enum Command {
     /// Create, update (-D: delete) a user in a password file (argon2id), as static-acl reads
     /// it and mosquitto_passwd writes it.
     Passwd(crate::passwd::PasswdArgs),
+    /// Change the plugins of a running broker through its admin API (`[admin]` in the
+    /// configuration given with -c, or --admin and MOAT_ADMIN_TOKEN).
+    Plugin {
+        #[command(subcommand)]
+        action: crate::admin::PluginAction,
+        /// The admin API's address (default: `[admin] bind` of the configuration).
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+    },
 }
 
 /// Runs the `moat` command: parse the command line, load the configuration, open the store,
@@ -59,6 +68,9 @@ pub fn run() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if let Some(Command::Plugin { action, admin }) = &cli.command {
+        return crate::admin::run_plugin_command(cli.config.as_deref(), *admin, action);
     }
     let config = match load_config(&cli) {
         Ok(c) => c,
@@ -90,6 +102,12 @@ pub fn run() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if let Some(control) = broker.control() {
+            control.set_source(crate::admin::ConfigSource {
+                path: cli.config.clone(),
+                listen: cli.listen.clone(),
+            });
+        }
         serve_until_shutdown(&broker).await;
         tracing::info!("shutting down");
         broker.shutdown(Duration::from_secs(5)).await;
@@ -98,7 +116,9 @@ pub fn run() -> ExitCode {
 }
 
 /// Runs until SIGINT or SIGTERM. SIGHUP reloads the TLS certificates of every TLS listener
-/// (new handshakes use them; established connections carry on).
+/// (new handshakes use them; established connections carry on) and rereads the configuration
+/// for the plugin chain (a configuration that does not load keeps the running chain; the log
+/// says why).
 async fn serve_until_shutdown(broker: &Broker) {
     #[cfg(unix)]
     {
@@ -117,6 +137,15 @@ async fn serve_until_shutdown(broker: &Broker) {
                 _ = hup.recv() => {
                     let n = broker.reload_certificates();
                     tracing::info!(listeners = n, "SIGHUP: TLS certificates reloaded");
+                    if let Some(control) = broker.control() {
+                        match control.reload().await {
+                            Ok(swapped) => tracing::info!(changed = swapped.len(),
+                                "SIGHUP: plugin chain reloaded from the configuration"),
+                            Err(e) => tracing::error!(error = %e,
+                                "SIGHUP: the plugin chain was not reloaded; the running one \
+                                 keeps serving"),
+                        }
+                    }
                 }
             }
         }

@@ -24,6 +24,9 @@
 //! - [`store`]: the seam for durable state, as a journal of changes plus a snapshot to restore;
 //!   [`store::DiskStore`] (redb, group commit) and [`store::MemoryStore`].
 //! - [`net`]: listeners and accept loops.
+//! - [`admin`]: changing plugins while the broker runs (replace, load, unload, reorder,
+//!   reload), the admin HTTP API with Prometheus metrics, the watched plugin folder, and the
+//!   `moat plugin` client; acting on clients (list, kick, ban).
 //! - [`config`], [`cli`]: the TOML configuration (errors name file, line and key) and the
 //!   command line; [`passwd`]: `moat passwd`, which writes password files; [`metrics`] and
 //!   [`sys`]: counters and the Mosquitto-named `$SYS` topics.
@@ -33,6 +36,7 @@
 // compiled component from the cache (`policy::wasm`), each allowed where it happens.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod broker;
 pub mod cli;
 pub mod codec;

@@ -17,6 +17,7 @@
 //! for the README), `error.rs` the error type and line/key lookup, `validate.rs` the semantic
 //! rules, and `example.toml` the commented example published as [`EXAMPLE`].
 
+mod admin;
 mod error;
 mod listener;
 mod plugins;
@@ -32,6 +33,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::codec::QoS;
 
+pub use admin::AdminConfig;
 pub use error::ConfigError;
 pub use listener::{
     ClientCerts, DEFAULT_WS_PATH, IdentityAsUsername, ListenerConfig, Protocol, TlsConfig,
@@ -39,7 +41,7 @@ pub use listener::{
 };
 pub use plugins::{
     Exhausted, ForeignSession, Grants, HookName, KvGrant, OnFailure, PasswordGrant, PluginConfig,
-    PluginsConfig, SecurityConfig,
+    PluginsConfig, RecheckSubscriptions, SecurityConfig,
 };
 
 /// A commented example configuration listing every key with its default value. It parses to
@@ -79,6 +81,9 @@ pub struct Config {
     /// means the bundled `allow-anonymous` plugin on the loopback listeners.
     #[serde(rename = "plugin")]
     pub plugin_chain: Vec<PluginConfig>,
+    /// `[admin]`: the operator's HTTP API (plugins, clients, health, metrics). Off unless it
+    /// has a token.
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -93,6 +98,7 @@ impl Default for Config {
             security: SecurityConfig::default(),
             plugins: PluginsConfig::default(),
             plugin_chain: Vec::new(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -415,14 +421,19 @@ impl Config {
             source,
         })?;
         let mut config = Config::from_str_named(&text, &path.display().to_string())?;
-        // Plugin files and granted files named relative to the configuration file.
+        // Plugin files, granted files, the watched folder and the token file named relative
+        // to the configuration file.
         let base = path.parent().unwrap_or(Path::new(""));
+        let mut paths: Vec<&mut std::path::PathBuf> = Vec::new();
         for plugin in &mut config.plugin_chain {
             let granted = plugin.grants.files.iter_mut().flat_map(|f| f.values_mut());
-            for path in plugin.wasm.iter_mut().chain(granted) {
-                if path.is_relative() {
-                    *path = base.join(&*path);
-                }
+            paths.extend(plugin.wasm.iter_mut().chain(granted));
+        }
+        paths.extend(config.plugins.watch_dir.as_mut());
+        paths.extend(config.admin.token_file.as_mut());
+        for path in paths {
+            if path.is_relative() {
+                *path = base.join(&*path);
             }
         }
         Ok(config)

@@ -49,6 +49,22 @@ pub struct PluginsConfig {
     /// `decision_cache_size`: decisions each session may reuse (0 disables the cache).
     /// Default: 256.
     pub decision_cache_size: u32,
+    /// `recheck_subscriptions`: after the plugins change while the broker runs, each live
+    /// subscription is authorized again; a refused one is removed, and then `"disconnect"`
+    /// also disconnects an MQTT 5 client with 0x87 Not authorized so it learns (a 3.1.1 client
+    /// cannot be told and stays connected), `"drop"` removes it silently, and `"off"` does not
+    /// re-check at all. Default: `"disconnect"`.
+    pub recheck_subscriptions: RecheckSubscriptions,
+    /// `watch_dir`: a folder watched for new plugin components: a file there named
+    /// `<plugin name>.wasm`, for a plugin the configuration declares, replaces that plugin's
+    /// component (its configuration and grants stay those of the configuration); other files
+    /// are logged and ignored. The folder must belong to the broker's user and be writable by
+    /// nobody else (checked at start). Write files aside and rename them into place. Default:
+    /// none.
+    pub watch_dir: Option<PathBuf>,
+    /// `watch_interval_ms`: how often `watch_dir` is looked at, in milliseconds (10 to
+    /// 3600000). Default: 1000.
+    pub watch_interval_ms: u32,
 }
 
 impl Default for PluginsConfig {
@@ -57,8 +73,21 @@ impl Default for PluginsConfig {
             exhausted: Exhausted::Deny,
             cache_dir: None,
             decision_cache_size: 256,
+            recheck_subscriptions: RecheckSubscriptions::Disconnect,
+            watch_dir: None,
+            watch_interval_ms: 1000,
         }
     }
+}
+
+/// `plugins.recheck_subscriptions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecheckSubscriptions {
+    #[default]
+    Disconnect,
+    Drop,
+    Off,
 }
 
 /// `plugins.exhausted`.

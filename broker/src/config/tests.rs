@@ -160,6 +160,13 @@ fn example_documents_every_key() {
         "files",
         "password",
         "commit_interval_ms",
+        "recheck_subscriptions",
+        "watch_dir",
+        "watch_interval_ms",
+        "token",
+        "token_file",
+        "allow_remote",
+        "max_body_mib",
     ] {
         assert!(
             EXAMPLE.contains(&format!("\n{key} = ")) || EXAMPLE.contains(&format!("# {key} = ")),
@@ -679,6 +686,41 @@ const BAD: &[(&str, &str, usize, &str, &str)] = &[
         5,
         "plugin[0].grants.files",
         "a file's name must be",
+    ),
+    (
+        "recheck mode",
+        "[plugins]\nrecheck_subscriptions = \"sometimes\"\n",
+        2,
+        "plugins.recheck_subscriptions",
+        "unknown variant `sometimes`",
+    ),
+    (
+        "watch interval",
+        "[plugins]\nwatch_interval_ms = 1\n",
+        2,
+        "plugins.watch_interval_ms",
+        "must be between 10 and 3600000",
+    ),
+    (
+        "admin API on the network",
+        "[admin]\nbind = \"0.0.0.0:9883\"\ntoken = \"0123456789abcdef\"\n",
+        2,
+        "admin.bind",
+        "not a loopback address",
+    ),
+    (
+        "short admin token",
+        "[admin]\ntoken = \"short\"\n",
+        2,
+        "admin.token",
+        "at least 16 characters",
+    ),
+    (
+        "two admin tokens",
+        "[admin]\ntoken = \"0123456789abcdef\"\ntoken_file = \"t\"\n",
+        3,
+        "admin.token_file",
+        "not both",
     ),
 ];
 

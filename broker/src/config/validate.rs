@@ -44,6 +44,8 @@ const RANGES: &[(&str, u64, u64)] = &[
     ("sys.interval", 0, 86_400),
     ("server.worker_threads", 1, 1024),
     ("storage.commit_interval_ms", 1, 10_000),
+    ("plugins.watch_interval_ms", 10, 3_600_000),
+    ("admin.max_body_mib", 1, 1024),
 ];
 
 /// The allowed range of the integer setting at dotted `key`, if it is a ranged one.
@@ -70,6 +72,7 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
 
     validate_listeners(config)?;
     validate_plugins(config)?;
+    validate_admin(config)?;
 
     if config
         .storage
@@ -178,6 +181,11 @@ fn ranged_values(config: &Config) -> [(&'static str, Option<u64>); RANGES.len()]
             "storage.commit_interval_ms",
             Some(config.storage.commit_interval_ms.into()),
         ),
+        (
+            "plugins.watch_interval_ms",
+            Some(config.plugins.watch_interval_ms.into()),
+        ),
+        ("admin.max_body_mib", Some(config.admin.max_body_mib.into())),
     ]
 }
 
@@ -467,6 +475,42 @@ fn validate_grants(i: usize, grants: &crate::config::Grants) -> Result<(), Inval
             path: at(&["password", "pool_size"]),
             message: format!("must be between 1 and 64, got {}", password.pool_size),
         });
+    }
+    Ok(())
+}
+
+/// The admin API: loopback unless allowed, one source of the token, a token worth the name.
+fn validate_admin(config: &Config) -> Result<(), Invalid> {
+    let a = &config.admin;
+    let bad = |key: &str, message: String| {
+        Err(Invalid {
+            path: KeyPath::keys(&["admin", key]),
+            message,
+        })
+    };
+    if a.token.is_some() && a.token_file.is_some() {
+        return bad(
+            "token_file",
+            "give either `token` or `token_file`, not both".into(),
+        );
+    }
+    if let Some(t) = &a.token
+        && (t.trim().len() < 16 || t.trim() != t)
+    {
+        return bad(
+            "token",
+            "must be at least 16 characters, without surrounding white space".into(),
+        );
+    }
+    if a.enabled() && !a.bind.ip().is_loopback() && !a.allow_remote {
+        return bad(
+            "bind",
+            format!(
+                "{} is not a loopback address; set `allow_remote = true` if the API must be \
+                 reachable from the network",
+                a.bind
+            ),
+        );
     }
     Ok(())
 }

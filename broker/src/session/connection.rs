@@ -258,6 +258,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
         };
         conn.update_delivery_checks();
         conn.set_identity_expiry();
+        conn.kick
+            .set_connected(conn.client.clone(), conn.identity.clone());
         conn.shared.metrics.client_connected();
         conn.send(&connack);
         conn.me.0.set_journaled(conn.journaled());
@@ -309,6 +311,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
         loop {
             if let Some(reason) = self.kick.fired() {
                 return End::Closed(reason);
+            }
+            // The plugins changed (rare): boxed, so its state stays out of this future.
+            if self.kick.take_recheck()
+                && let Some(end) = Box::pin(self.recheck_subscriptions()).await
+            {
+                return end;
             }
             // Packets already buffered (pipelined behind CONNECT, or left when the write buffer
             // filled) are handled before waiting for more bytes.

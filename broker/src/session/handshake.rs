@@ -391,6 +391,10 @@ async fn admit<IO: AsyncRead + AsyncWrite + Unpin>(
         protocol: version,
         tls: peer.tls,
     });
+    // Broker rule: a client id the operator banned (`crate::admin`) never reaches a plugin.
+    if shared.bans.read().contains(&client.client_id) {
+        return Err(refuse(deny(ReasonCode::BANNED, "banned by the operator")));
+    }
     if let Verdict::Deny(d) = shared.policy.on_connect(&client).get().await {
         return Err(refuse(d));
     }

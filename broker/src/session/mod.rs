@@ -25,6 +25,8 @@
 //! - `outbound`: from mailbox to wire: inflight window, packet ids, topic aliases, expiry.
 //! - `backpressure`: a publisher waiting for the full mailboxes it routed to.
 //! - `reauth`: MQTT 5 re-authentication on a live connection.
+//! - `policy_change`: what a connection does when the plugins change under it (who it is,
+//!   for the operator; its subscriptions re-checked).
 
 mod acks;
 mod backpressure;
@@ -34,6 +36,7 @@ mod inbound;
 mod io;
 pub(crate) mod keepalive;
 mod outbound;
+mod policy_change;
 mod reauth;
 pub mod state;
 mod throttle;
@@ -54,6 +57,7 @@ use crate::message::Message;
 use crate::metrics::{DropCause, Metrics};
 
 pub use connection::serve;
+pub use policy_change::Connected;
 pub use state::SessionState;
 
 /// One message on its way to one session.
@@ -133,6 +137,11 @@ pub(crate) struct Kick {
     deadline: AtomicU64,
     /// Milliseconds on the broker's clock after which the client's identity has expired.
     expiry: AtomicU64,
+    /// The policy changed: the connection re-checks its subscriptions when it wakes
+    /// (`policy_change`).
+    recheck: AtomicBool,
+    /// Who is connected, once authenticated (`policy_change`).
+    who: Mutex<Option<Connected>>,
 }
 
 impl Kick {
@@ -141,6 +150,8 @@ impl Kick {
             reason: AtomicU16::new(0),
             deadline: AtomicU64::new(keepalive::NEVER),
             expiry: AtomicU64::new(keepalive::NEVER),
+            recheck: AtomicBool::new(false),
+            who: Mutex::new(None),
         }
     }
 

@@ -81,6 +81,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
                     return closed(ReasonCode::NOT_AUTHORIZED);
                 }
                 self.identity = Arc::new(identity);
+                self.kick
+                    .set_connected(self.client.clone(), self.identity.clone());
                 self.decisions.clear();
                 self.set_identity_expiry();
                 (ReasonCode::SUCCESS, data)

@@ -19,6 +19,8 @@ mod durable;
 mod enhanced_auth;
 mod guests;
 mod harness;
+mod hotswap;
+mod hotswap_cli;
 mod interop;
 mod limits;
 mod malformed;

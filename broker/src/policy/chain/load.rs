@@ -6,14 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use parking_lot::Mutex;
-
 use super::slot::Slot;
 use crate::config::{Config, PluginConfig};
-use crate::policy::wasm::{
-    DiskCache, Generation, Hooks, Limits, LoadError, PluginContext, bundled,
-};
+use crate::policy::wasm::{DiskCache, Generation, Limits, LoadError, PluginContext, bundled};
 
 /// A plugin could not be loaded into the chain.
 #[derive(Debug, thiserror::Error)]
@@ -66,34 +61,95 @@ pub(super) fn open_cache(config: &Config) -> Result<Option<DiskCache>, ChainErro
     })
 }
 
-pub(super) async fn load_slot(
-    spec: &PluginConfig,
-    disk: Option<&DiskCache>,
-) -> Result<Slot, ChainError> {
-    let (bytes, source_name) = match (&spec.wasm, &spec.bundled) {
-        (Some(path), _) => (
-            std::fs::read(path).map_err(|e| LoadError::Read {
-                path: path.clone(),
-                why: e.to_string(),
-            }),
-            path.display().to_string(),
-        ),
-        (None, Some(name)) => (
+/// The bytes of the component `spec` names (its file, or the bundled one), and how to name
+/// that source in messages.
+pub(super) fn read_source(spec: &PluginConfig) -> (Result<Vec<u8>, LoadError>, String) {
+    let bytes = match (&spec.wasm, &spec.bundled) {
+        (Some(path), _) => std::fs::read(path).map_err(|e| LoadError::Read {
+            path: path.clone(),
+            why: e.to_string(),
+        }),
+        (None, Some(name)) => {
             bundled::get(name)
                 .map(<[u8]>::to_vec)
                 .ok_or_else(|| LoadError::Read {
                     path: format!("bundled:{name}").into(),
                     why: "no such bundled plugin in this build".into(),
-                }),
-            format!("bundled:{name}"),
-        ),
-        (None, None) => (
-            Err(LoadError::Read {
-                path: "".into(),
-                why: "no `wasm` or `bundled` given".into(),
-            }),
-            String::new(),
-        ),
+                })
+        }
+        (None, None) => Err(LoadError::Read {
+            path: "".into(),
+            why: "no `wasm` or `bundled` given".into(),
+        }),
+    };
+    (bytes, read_source_name(spec))
+}
+
+/// Refuses bytes that do not match the configuration's `sha256` pin, if it has one.
+pub(super) fn check_pin(spec: &PluginConfig, bytes: &[u8]) -> Result<(), LoadError> {
+    if let Some(expected) = &spec.sha256 {
+        let actual = crate::policy::wasm::sha256_hex(bytes);
+        if !actual.eq_ignore_ascii_case(expected) {
+            return Err(LoadError::Hash {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The sandbox limits `spec` sets.
+fn limits(spec: &PluginConfig) -> Limits {
+    Limits {
+        min_instances: spec.min_instances as usize,
+        max_instances: spec.max_instances as usize,
+        memory_bytes: (spec.memory_limit_mib as usize) << 20,
+        cpu_budget: Duration::from_millis(spec.cpu_budget_ms.into()),
+        authenticate_timeout: Duration::from_millis(spec.authenticate_timeout_ms.into()),
+        authorize_timeout: Duration::from_millis(spec.authorize_timeout_ms.into()),
+    }
+}
+
+/// A new plugin context for `spec`: a fresh epoch, counters and the capabilities its grants
+/// give.
+fn new_context(spec: &PluginConfig) -> Arc<PluginContext> {
+    let name: Arc<str> = Arc::from(spec.name.as_str());
+    let epoch = Arc::new(AtomicU64::new(0));
+    Arc::new(PluginContext::new(name, epoch, &spec.grants))
+}
+
+/// Loads generation `number` of the plugin `spec` declares from `bytes` (already checked
+/// against the pin), sharing `ctx` with the generations before it.
+pub(super) async fn load_generation(
+    spec: &PluginConfig,
+    number: u64,
+    bytes: &[u8],
+    ctx: Arc<PluginContext>,
+    disk: Option<&DiskCache>,
+) -> Result<Arc<Generation>, LoadError> {
+    let config_json = serde_json::Value::Object(spec.config.clone()).to_string();
+    Generation::load(
+        ctx.name.clone(),
+        number,
+        bytes,
+        config_json,
+        limits(spec),
+        ctx,
+        disk,
+    )
+    .await
+}
+
+/// The component's bytes: `bytes` if given, else read from the source `spec` names; checked
+/// against its pin. Errors name the plugin and the source.
+pub(super) fn checked_bytes(
+    spec: &PluginConfig,
+    bytes: Option<Vec<u8>>,
+) -> Result<Vec<u8>, ChainError> {
+    let (bytes, source_name) = match bytes {
+        Some(b) => (Ok(b), "the bytes given".to_owned()),
+        None => read_source(spec),
     };
     let fail = |error| ChainError {
         plugin: spec.name.clone(),
@@ -101,51 +157,52 @@ pub(super) async fn load_slot(
         error,
     };
     let bytes = bytes.map_err(fail)?;
-    if let Some(expected) = &spec.sha256 {
-        let actual = crate::policy::wasm::sha256_hex(&bytes);
-        if !actual.eq_ignore_ascii_case(expected) {
-            return Err(fail(LoadError::Hash {
-                expected: expected.clone(),
-                actual,
-            }));
-        }
+    check_pin(spec, &bytes).map_err(fail)?;
+    Ok(bytes)
+}
+
+/// Names a failure to load `spec`, from the bytes given or from its configured source.
+pub(super) fn load_failed(
+    spec: &PluginConfig,
+    given: bool,
+) -> impl Fn(LoadError) -> ChainError + '_ {
+    move |error| ChainError {
+        plugin: spec.name.clone(),
+        source_name: match given {
+            true => "the bytes given".into(),
+            false => read_source_name(spec),
+        },
+        error,
     }
-    let name: Arc<str> = Arc::from(spec.name.as_str());
-    let epoch = Arc::new(AtomicU64::new(0));
-    let ctx = Arc::new(PluginContext::new(
-        name.clone(),
-        epoch.clone(),
-        &spec.grants,
-    ));
-    let limits = Limits {
-        min_instances: spec.min_instances as usize,
-        max_instances: spec.max_instances as usize,
-        memory_bytes: (spec.memory_limit_mib as usize) << 20,
-        cpu_budget: Duration::from_millis(spec.cpu_budget_ms.into()),
-        authenticate_timeout: Duration::from_millis(spec.authenticate_timeout_ms.into()),
-        authorize_timeout: Duration::from_millis(spec.authorize_timeout_ms.into()),
-    };
-    let config_json = serde_json::Value::Object(spec.config.clone()).to_string();
-    let generation = Generation::load(name.clone(), 1, &bytes, config_json, limits, ctx, disk)
+}
+
+fn read_source_name(spec: &PluginConfig) -> String {
+    match (&spec.wasm, &spec.bundled) {
+        (Some(path), _) => path.display().to_string(),
+        (None, Some(name)) => format!("bundled:{name}"),
+        (None, None) => String::new(),
+    }
+}
+
+/// A new slot for `spec`, with its first generation (numbered `first`) loaded from `bytes`
+/// (or, when `None`, from the source the configuration names).
+pub(super) async fn load_slot_from(
+    spec: &PluginConfig,
+    bytes: Option<Vec<u8>>,
+    first: u64,
+    disk: Option<&DiskCache>,
+) -> Result<Slot, ChainError> {
+    let given = bytes.is_some();
+    let bytes = checked_bytes(spec, bytes)?;
+    let generation = load_generation(spec, first, &bytes, new_context(spec), disk)
         .await
-        .map_err(fail)?;
-    let hooks = match &spec.hooks {
-        Some(names) => generation
-            .manifest
-            .hooks
-            .intersection(Hooks::from_names(names)),
-        None => generation.manifest.hooks,
-    };
-    Ok(Slot {
-        name,
-        hooks,
-        listeners: spec
-            .listeners
-            .as_ref()
-            .map(|ls| ls.iter().map(|l| Arc::from(l.as_str())).collect()),
-        on_failure: spec.on_failure,
-        current: ArcSwap::new(generation),
-        epoch,
-        failure_log: Mutex::new((None, 0)),
-    })
+        .map_err(load_failed(spec, given))?;
+    Ok(Slot::new(spec.clone(), generation))
+}
+
+pub(super) async fn load_slot(
+    spec: &PluginConfig,
+    disk: Option<&DiskCache>,
+) -> Result<Slot, ChainError> {
+    load_slot_from(spec, None, 1, disk).await
 }

@@ -20,23 +20,32 @@
 //! broker keeps is prefixed with that plugin's position and epoch, and `continue-auth` goes to
 //! it alone.
 //!
+//! The list of slots is itself swapped whole ([`Layout`], behind an `ArcSwap`): loading,
+//! unloading or reordering plugins installs a new layout with a new number, which every stamp
+//! carries, so decisions taken under the old order stop counting. A decision holds the layout
+//! it started with until it ends; nothing on the decision path takes a lock.
+//!
 //! Layout: this file holds the chain and its answers; `slot` one position in it (the plugin's
 //! current generation, its epoch, its failure log); `load` builds a chain from the
-//! configuration (the default chain included); `watch` renews a plugin when a file granted to
-//! it changes.
+//! configuration (the default chain included); `swap` changes it while it serves (replace,
+//! load, unload, reorder, apply a new configuration); `watch` renews a plugin when a file
+//! granted to it changes.
 
 mod load;
 mod slot;
+mod swap;
 mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use arc_swap::{ArcSwap, Guard};
 use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 
 use super::wasm::calls::{Decision, SubscribeDecision};
-use super::wasm::{Answer, AuthStep, Hooks, hex};
+use super::wasm::hook_stats::Hook;
+use super::wasm::{Answer, AuthStep, DiskCache, Hooks, hex};
 use super::{
     AuthOutcome, ClientInfo, Credentials, Denial, Grant, Identity, Policy, PublishKind, Stamp,
     SubscribeVerdict, Verdict,
@@ -50,84 +59,167 @@ use crate::topic;
 pub use load::{ChainError, default_chain};
 use load::{load_slot, open_cache};
 pub use slot::Slot;
+pub use swap::{SwapError, Swapped};
 
-/// The stamp mark that carries the chain's layout version.
-const LAYOUT_MARK: u32 = u32::MAX;
+/// The stamp marks that carry the chain's layout version, one per cached hook (so that a cache
+/// hit can be counted for its hook): the first mark of every stamp. Plugin positions are
+/// far below.
+const LAYOUT_MARK_PUBLISH: u32 = u32::MAX;
+const LAYOUT_MARK_DELIVER: u32 = u32::MAX - 1;
 
-struct Inner {
-    slots: Vec<Slot>,
+/// What the broker puts before a plugin's challenge state: the plugin's position (u32), its
+/// epoch and the layout's number (u64 each), so the answer goes to the same plugin, unchanged.
+const CHALLENGE_PREFIX: usize = 20;
+
+/// The slots in order and what the chain answers when they all pass: one version of the
+/// chain's shape, replaced whole when plugins are loaded, unloaded or reordered.
+pub struct Layout {
+    pub slots: Vec<Arc<Slot>>,
     exhausted: Exhausted,
-    layout: u64,
+    /// Moves with every new layout; part of every stamp.
+    number: u64,
 }
 
-/// The broker's policy: a chain of Wasm plugins. Cheap to clone.
+struct State {
+    layout: ArcSwap<Layout>,
+    /// The compiled-component cache, for plugins loaded later.
+    disk: Option<DiskCache>,
+    /// Listeners no change may open to anonymous clients (see [`Chain::open_door`]).
+    guarded: Vec<String>,
+    /// Held by whoever changes the chain, so changes happen one at a time (never by a
+    /// decision).
+    changes: tokio::sync::Mutex<()>,
+    /// Told after a change the chain made by itself (a granted file changed), so that the
+    /// broker applies it to connected clients as it does its own (`crate::admin`).
+    on_change: parking_lot::Mutex<Option<ChangeListener>>,
+}
+
+/// See [`Chain::on_change`].
+type ChangeListener = Arc<dyn Fn() + Send + Sync>;
+
+/// The broker's policy: a chain of Wasm plugins. Cheap to clone; clones share the chain, so a
+/// change made through one is seen by all.
 #[derive(Clone)]
 pub struct Chain {
-    inner: Arc<Inner>,
+    state: Arc<State>,
 }
 
 impl Chain {
     /// Loads every plugin of the configuration (or the default chain), in order. Fails on the
     /// first plugin that cannot be loaded, naming it.
     pub async fn load(config: &Config) -> Result<Chain, ChainError> {
-        let specs = if config.plugin_chain.is_empty() {
-            default_chain(config)
-        } else {
-            config.plugin_chain.clone()
-        };
         let disk = open_cache(config)?;
-        let mut slots = Vec::with_capacity(specs.len());
-        for spec in &specs {
-            slots.push(load_slot(spec, disk.as_ref()).await?);
-        }
+        let slots = load_slots(config, disk.as_ref()).await?;
         for slot in &slots {
             let g = slot.generation();
-            tracing::info!(plugin = %slot.name, hooks = ?slot.hooks.names(),
+            tracing::info!(plugin = %slot.name, hooks = ?slot.hooks().names(),
                 sha256 = %hex(&g.hash), "plugin loaded");
         }
-        let inner = Arc::new(Inner {
-            slots,
-            exhausted: config.plugins.exhausted,
-            layout: 0,
-        });
-        watch::spawn(&inner);
-        Ok(Chain { inner })
+        let chain = Chain {
+            state: Arc::new(State {
+                layout: ArcSwap::from_pointee(Layout {
+                    slots,
+                    exhausted: config.plugins.exhausted,
+                    number: 0,
+                }),
+                disk,
+                guarded: guarded_listeners(config),
+                changes: tokio::sync::Mutex::new(()),
+                on_change: parking_lot::Mutex::new(None),
+            }),
+        };
+        watch::spawn(&chain.state);
+        Ok(chain)
     }
 
-    /// The plugins, in order.
-    pub fn slots(&self) -> &[Slot] {
-        &self.inner.slots
+    /// The plugins, in order, as they are now.
+    pub fn slots(&self) -> Vec<Arc<Slot>> {
+        self.state.layout.load().slots.clone()
     }
 
-    /// Whether an anonymous client (no user name, no password) would be let in on `listener`:
-    /// the broker refuses to start when that is so for a listener on a non-loopback address.
-    pub async fn admits_anonymous(&self, listener: &str) -> bool {
-        let probe = Arc::new(ClientInfo {
+    /// Calls `listener` after every change the chain makes by itself (a plugin renewed
+    /// because a file granted to it changed).
+    pub fn on_change(&self, listener: impl Fn() + Send + Sync + 'static) {
+        *self.state.on_change.lock() = Some(Arc::new(listener));
+    }
+
+    /// The layout serving now.
+    pub fn layout(&self) -> Arc<Layout> {
+        self.state.layout.load_full()
+    }
+
+    /// Why the chain would let clients into `listener` without credentials, if it would:
+    /// no plugin authenticates there, or the chain lets an anonymous client in. The broker
+    /// refuses that for a listener on a non-loopback address (unless
+    /// `security.allow_anonymous_remote`), at start and on every change.
+    pub async fn open_door(&self, listener: &str) -> Option<&'static str> {
+        self.layout().open_door(listener).await
+    }
+
+    /// Whether some plugin authenticates clients on `listener`.
+    pub fn authenticates(&self, listener: &str) -> bool {
+        self.state
+            .layout
+            .load()
+            .any_serves(Hooks::AUTHENTICATE, listener)
+    }
+}
+
+impl Layout {
+    /// See [`Chain::open_door`].
+    async fn open_door(&self, listener: &str) -> Option<&'static str> {
+        if !self.any_serves(Hooks::AUTHENTICATE, listener) {
+            return Some("no plugin authenticates its clients");
+        }
+        let probe = ClientInfo {
             client_id: ByteString::from("moat-anonymous-probe"),
             username: None,
             remote_addr: "0.0.0.0:0".parse().expect("a literal address"),
             listener: Arc::from(listener),
             protocol: crate::codec::ProtocolVersion::V5,
             tls: None,
-        });
-        matches!(
-            self.authenticate(&probe, Credentials::default())
-                .get()
-                .await,
-            AuthOutcome::Allow { .. }
-        )
-    }
-
-    /// Whether some plugin authenticates clients on `listener`.
-    pub fn authenticates(&self, listener: &str) -> bool {
-        self.inner
-            .slots
-            .iter()
-            .any(|s| s.serves(Hooks::AUTHENTICATE, listener))
+        };
+        match self.authenticate(&probe, &Credentials::default()).await {
+            AuthOutcome::Allow { .. } => {
+                Some("the plugin chain lets clients in without credentials there")
+            }
+            _ => None,
+        }
     }
 }
 
-/// A yes/no question for [`Inner::decide`].
+/// The listeners whose doors the chain must keep shut: those on a non-loopback address,
+/// unless `security.allow_anonymous_remote`.
+fn guarded_listeners(config: &Config) -> Vec<String> {
+    if config.security.allow_anonymous_remote {
+        return Vec::new();
+    }
+    config
+        .listeners
+        .iter()
+        .filter(|l| !l.bind.ip().is_loopback())
+        .map(|l| l.name.clone())
+        .collect()
+}
+
+/// The slots of the configuration's chain (or of the default chain), loaded in order.
+async fn load_slots(
+    config: &Config,
+    disk: Option<&DiskCache>,
+) -> Result<Vec<Arc<Slot>>, ChainError> {
+    let specs = if config.plugin_chain.is_empty() {
+        default_chain(config)
+    } else {
+        config.plugin_chain.clone()
+    };
+    let mut slots = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        slots.push(Arc::new(load_slot(spec, disk).await?));
+    }
+    Ok(slots)
+}
+
+/// A yes/no question for [`Layout::decide`].
 #[derive(Clone, Copy)]
 enum Question<'a> {
     Publish(PublishKind, &'a Message),
@@ -142,10 +234,14 @@ fn failed(reason: ReasonCode) -> Denial {
     }
 }
 
-impl Inner {
-    fn stamp(&self, marks: impl IntoIterator<Item = (u32, u64)>) -> Stamp {
+impl Layout {
+    fn stamp(&self, question: Question<'_>, marks: impl IntoIterator<Item = (u32, u64)>) -> Stamp {
+        let mark = match question {
+            Question::Publish(..) => LAYOUT_MARK_PUBLISH,
+            Question::Deliver(_) => LAYOUT_MARK_DELIVER,
+        };
         let mut s = Stamp::default();
-        s.0.push((LAYOUT_MARK, self.layout));
+        s.0.push((mark, self.number));
         s.0.extend(marks);
         s
     }
@@ -208,7 +304,7 @@ impl Inner {
                 Ok(Answer::Decided(Decision::Allow { cache_seconds })) => {
                     return Verdict::Allow(Grant {
                         cache_seconds: if cacheable { cache_seconds } else { 0 },
-                        stamp: self.stamp(marks),
+                        stamp: self.stamp(question, marks),
                     });
                 }
                 Ok(Answer::Decided(Decision::Deny(d))) => return Verdict::Deny(d),
@@ -220,7 +316,7 @@ impl Inner {
                 }
             }
         }
-        self.exhausted_verdict(self.stamp(marks))
+        self.exhausted_verdict(self.stamp(question, marks))
     }
 
     async fn authenticate(&self, client: &ClientInfo, credentials: &Credentials) -> AuthOutcome {
@@ -273,9 +369,10 @@ impl Inner {
             AuthStep::Allow { identity, data } => AuthOutcome::Allow { identity, data },
             AuthStep::Deny(d) => AuthOutcome::Deny(d),
             AuthStep::Challenge { data, state } => {
-                let mut kept = BytesMut::with_capacity(12 + state.len());
+                let mut kept = BytesMut::with_capacity(CHALLENGE_PREFIX + state.len());
                 kept.put_u32_le(index as u32);
                 kept.put_u64_le(epoch);
+                kept.put_u64_le(self.number);
                 kept.put_slice(&state);
                 AuthOutcome::Challenge {
                     data,
@@ -292,24 +389,31 @@ impl Inner {
                 message: Some(why.to_owned()),
             })
         };
-        let (Some(index), Some(epoch)) = (
+        let u64_at = |at: usize| {
+            state
+                .get(at..at + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+        };
+        let (Some(index), Some(epoch), Some(layout)) = (
             state
                 .get(..4)
                 .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default())),
-            state
-                .get(4..12)
-                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default())),
+            u64_at(4),
+            u64_at(12),
         ) else {
             return refused("no authentication in progress");
         };
         let Some(slot) = self.slots.get(index as usize) else {
             return refused("no authentication in progress");
         };
-        if slot.epoch() != epoch {
+        if slot.epoch() != epoch || layout != self.number {
             return refused("the authenticating plugin changed during the exchange");
         }
         let g = slot.generation();
-        match g.continue_auth(client, &state[12..], data).await {
+        match g
+            .continue_auth(client, &state[CHALLENGE_PREFIX..], data)
+            .await
+        {
             Ok(Answer::Decided(step)) => self.auth_outcome(index as usize, epoch, step),
             // The exchange is this plugin's; walking away from it is a refusal.
             Ok(Answer::Next) => refused("the plugin abandoned the authentication"),
@@ -323,12 +427,13 @@ impl Inner {
 
 impl Policy for Chain {
     fn on_connect(&self, client: &Arc<ClientInfo>) -> Pending<Verdict> {
-        if !self.inner.any_serves(Hooks::ON_CONNECT, &client.listener) {
+        let layout = self.state.layout.load();
+        if !layout.any_serves(Hooks::ON_CONNECT, &client.listener) {
             return Verdict::allow().into();
         }
-        let (inner, client) = (self.inner.clone(), client.clone());
+        let (layout, client) = (Guard::into_inner(layout), client.clone());
         Pending::later(async move {
-            for slot in &inner.slots {
+            for slot in &layout.slots {
                 if !slot.serves(Hooks::ON_CONNECT, &client.listener) {
                     continue;
                 }
@@ -354,8 +459,8 @@ impl Policy for Chain {
         client: &Arc<ClientInfo>,
         credentials: Credentials,
     ) -> Pending<AuthOutcome> {
-        let (inner, client) = (self.inner.clone(), client.clone());
-        Pending::later(async move { inner.authenticate(&client, &credentials).await })
+        let (layout, client) = (self.state.layout.load_full(), client.clone());
+        Pending::later(async move { layout.authenticate(&client, &credentials).await })
     }
 
     fn continue_auth(
@@ -364,8 +469,8 @@ impl Policy for Chain {
         state: Bytes,
         data: Bytes,
     ) -> Pending<AuthOutcome> {
-        let (inner, client) = (self.inner.clone(), client.clone());
-        Pending::later(async move { inner.continue_auth(&client, &state, &data).await })
+        let (layout, client) = (self.state.layout.load_full(), client.clone());
+        Pending::later(async move { layout.continue_auth(&client, &state, &data).await })
     }
 
     fn authorize_publish(
@@ -375,20 +480,19 @@ impl Policy for Chain {
         kind: PublishKind,
         message: &Arc<Message>,
     ) -> Pending<Verdict> {
-        if !self
-            .inner
-            .any_serves(Hooks::AUTHORIZE_PUBLISH, &client.listener)
-        {
-            return self.inner.exhausted_verdict(self.inner.stamp([])).into();
+        let layout = self.state.layout.load();
+        if !layout.any_serves(Hooks::AUTHORIZE_PUBLISH, &client.listener) {
+            let question = Question::Publish(kind, message);
+            return layout.exhausted_verdict(layout.stamp(question, [])).into();
         }
-        let (inner, client, identity, message) = (
-            self.inner.clone(),
+        let (layout, client, identity, message) = (
+            Guard::into_inner(layout),
             client.clone(),
             identity.clone(),
             message.clone(),
         );
         Pending::later(async move {
-            inner
+            layout
                 .decide(&client, &identity, Question::Publish(kind, &message))
                 .await
         })
@@ -401,8 +505,8 @@ impl Policy for Chain {
         filter: &ByteString,
         qos: QoS,
     ) -> Pending<SubscribeVerdict> {
-        let (inner, client, identity, filter) = (
-            self.inner.clone(),
+        let (layout, client, identity, filter) = (
+            self.state.layout.load_full(),
             client.clone(),
             identity.clone(),
             filter.clone(),
@@ -412,7 +516,7 @@ impl Policy for Chain {
                 Ok(Some(s)) => (s.filter, Some(s.group)),
                 _ => (&*filter, None),
             };
-            for slot in &inner.slots {
+            for slot in &layout.slots {
                 if !slot.serves(Hooks::AUTHORIZE_SUBSCRIBE, &client.listener) {
                     continue;
                 }
@@ -440,7 +544,7 @@ impl Policy for Chain {
                     }
                 }
             }
-            match inner.exhausted {
+            match layout.exhausted {
                 Exhausted::Allow => SubscribeVerdict::Allow {
                     check_each_delivery: false,
                 },
@@ -458,20 +562,19 @@ impl Policy for Chain {
         identity: &Arc<Identity>,
         topic: &ByteString,
     ) -> Pending<Verdict> {
-        if !self
-            .inner
-            .any_serves(Hooks::AUTHORIZE_DELIVER, &client.listener)
-        {
-            return self.inner.exhausted_verdict(self.inner.stamp([])).into();
+        let layout = self.state.layout.load();
+        if !layout.any_serves(Hooks::AUTHORIZE_DELIVER, &client.listener) {
+            let question = Question::Deliver(topic);
+            return layout.exhausted_verdict(layout.stamp(question, [])).into();
         }
-        let (inner, client, identity, topic) = (
-            self.inner.clone(),
+        let (layout, client, identity, topic) = (
+            Guard::into_inner(layout),
             client.clone(),
             identity.clone(),
             topic.clone(),
         );
         Pending::later(async move {
-            inner
+            layout
                 .decide(&client, &identity, Question::Deliver(&topic))
                 .await
         })
@@ -482,7 +585,7 @@ impl Policy for Chain {
     /// counters it keeps itself (`host.count`) under `counters/`.
     fn status(&self) -> Vec<(String, String)> {
         let mut topics = Vec::new();
-        for slot in &self.inner.slots {
+        for slot in &self.state.layout.load().slots {
             let g = slot.generation();
             let base = format!("$SYS/broker/plugins/{}", slot.name);
             let load = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
@@ -506,15 +609,31 @@ impl Policy for Chain {
         topics
     }
 
+    /// Also counts the hit for the plugin that decided (the last mark), in its current
+    /// generation's `cache_hits`.
     fn is_current(&self, stamp: &Stamp) -> bool {
-        stamp.0.iter().all(|&(index, epoch)| {
-            if index == LAYOUT_MARK {
-                return epoch == self.inner.layout;
+        let layout = self.state.layout.load();
+        let current = stamp.0.iter().all(|&(index, epoch)| {
+            if index >= LAYOUT_MARK_DELIVER {
+                return epoch == layout.number;
             }
-            self.inner
+            layout
                 .slots
                 .get(index as usize)
-                .is_some_and(|s| s.epoch.load(Ordering::Acquire) == epoch)
-        })
+                .is_some_and(|s| s.epoch() == epoch)
+        });
+        if current
+            && let (Some(&(mark, _)), Some(&(decider, _))) = (stamp.0.first(), stamp.0.last())
+            && let Some(slot) = layout.slots.get(decider as usize)
+        {
+            let hook = match mark {
+                LAYOUT_MARK_PUBLISH => Hook::AuthorizePublish,
+                _ => Hook::AuthorizeDeliver,
+            };
+            slot.current.load().per_hook[hook as usize]
+                .cache_hits
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        current
     }
 }

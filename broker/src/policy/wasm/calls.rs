@@ -9,12 +9,14 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use bytes::Bytes;
 use bytestring::ByteString;
 use smallvec::SmallVec;
 
 use super::bindings::moat::policy::types as wit;
+use super::hook_stats::{Hook, Outcome};
 use super::plugin::{Failure, Generation};
 use crate::codec::{ProtocolVersion, QoS, ReasonCode};
 use crate::message::Message;
@@ -190,7 +192,7 @@ macro_rules! with_identity {
 }
 
 impl Generation {
-    pub async fn on_connect(&self, client: &ClientInfo) -> Result<Answer<Decision>, Failure> {
+    async fn raw_on_connect(&self, client: &ClientInfo) -> Result<Answer<Decision>, Failure> {
         let timeout = self.limits.authenticate_timeout;
         let verdict = with_client!(client, c, {
             self.call(timeout, async |i| {
@@ -202,7 +204,7 @@ impl Generation {
         self.decision(verdict, Carrier::Connect)
     }
 
-    pub async fn authenticate(
+    async fn raw_authenticate(
         &self,
         client: &ClientInfo,
         credentials: &Credentials,
@@ -229,7 +231,7 @@ impl Generation {
         self.auth_step(outcome)
     }
 
-    pub async fn continue_auth(
+    async fn raw_continue_auth(
         &self,
         client: &ClientInfo,
         state: &[u8],
@@ -246,7 +248,7 @@ impl Generation {
         self.auth_step(outcome)
     }
 
-    pub async fn authorize_publish(
+    async fn raw_authorize_publish(
         &self,
         client: &ClientInfo,
         identity: &Identity,
@@ -289,7 +291,7 @@ impl Generation {
         self.decision(verdict, Carrier::Publish)
     }
 
-    pub async fn authorize_subscribe(
+    async fn raw_authorize_subscribe(
         &self,
         client: &ClientInfo,
         identity: &Identity,
@@ -323,7 +325,7 @@ impl Generation {
         })
     }
 
-    pub async fn authorize_deliver(
+    async fn raw_authorize_deliver(
         &self,
         client: &ClientInfo,
         identity: &Identity,
@@ -404,6 +406,124 @@ impl Generation {
                 }
             }
         }))
+    }
+}
+
+/// How a decided answer counts in the per-hook statistics.
+trait Tally {
+    fn outcome(&self) -> Outcome;
+}
+
+impl Tally for Decision {
+    fn outcome(&self) -> Outcome {
+        match self {
+            Decision::Allow { .. } => Outcome::Allow,
+            Decision::Deny(_) => Outcome::Deny,
+        }
+    }
+}
+
+impl Tally for SubscribeDecision {
+    fn outcome(&self) -> Outcome {
+        match self {
+            SubscribeDecision::Allow { .. } => Outcome::Allow,
+            SubscribeDecision::Deny(_) => Outcome::Deny,
+        }
+    }
+}
+
+impl Tally for AuthStep {
+    fn outcome(&self) -> Outcome {
+        match self {
+            AuthStep::Allow { .. } => Outcome::Allow,
+            AuthStep::Deny(_) => Outcome::Deny,
+            AuthStep::Challenge { .. } => Outcome::Challenge,
+        }
+    }
+}
+
+/// The hooks as the chain calls them: each call counted in [`Generation::per_hook`].
+impl Generation {
+    fn tally<T: Tally>(
+        &self,
+        hook: Hook,
+        started: Instant,
+        r: Result<Answer<T>, Failure>,
+    ) -> Result<Answer<T>, Failure> {
+        let outcome = match &r {
+            Ok(Answer::Next) => Outcome::Next,
+            Ok(Answer::Decided(d)) => d.outcome(),
+            Err(_) => Outcome::Failed,
+        };
+        self.per_hook[hook as usize].record(started.elapsed(), outcome, r.as_ref().err());
+        r
+    }
+
+    pub async fn on_connect(&self, client: &ClientInfo) -> Result<Answer<Decision>, Failure> {
+        let started = Instant::now();
+        let r = self.raw_on_connect(client).await;
+        self.tally(Hook::OnConnect, started, r)
+    }
+
+    pub async fn authenticate(
+        &self,
+        client: &ClientInfo,
+        credentials: &Credentials,
+    ) -> Result<Answer<AuthStep>, Failure> {
+        let started = Instant::now();
+        let r = self.raw_authenticate(client, credentials).await;
+        self.tally(Hook::Authenticate, started, r)
+    }
+
+    pub async fn continue_auth(
+        &self,
+        client: &ClientInfo,
+        state: &[u8],
+        data: &[u8],
+    ) -> Result<Answer<AuthStep>, Failure> {
+        let started = Instant::now();
+        let r = self.raw_continue_auth(client, state, data).await;
+        self.tally(Hook::ContinueAuth, started, r)
+    }
+
+    pub async fn authorize_publish(
+        &self,
+        client: &ClientInfo,
+        identity: &Identity,
+        kind: PublishKind,
+        message: &Message,
+    ) -> Result<Answer<Decision>, Failure> {
+        let started = Instant::now();
+        let r = self
+            .raw_authorize_publish(client, identity, kind, message)
+            .await;
+        self.tally(Hook::AuthorizePublish, started, r)
+    }
+
+    pub async fn authorize_subscribe(
+        &self,
+        client: &ClientInfo,
+        identity: &Identity,
+        filter: &str,
+        share_group: Option<&str>,
+        qos: QoS,
+    ) -> Result<Answer<SubscribeDecision>, Failure> {
+        let started = Instant::now();
+        let r = self
+            .raw_authorize_subscribe(client, identity, filter, share_group, qos)
+            .await;
+        self.tally(Hook::AuthorizeSubscribe, started, r)
+    }
+
+    pub async fn authorize_deliver(
+        &self,
+        client: &ClientInfo,
+        identity: &Identity,
+        topic: &ByteString,
+    ) -> Result<Answer<Decision>, Failure> {
+        let started = Instant::now();
+        let r = self.raw_authorize_deliver(client, identity, topic).await;
+        self.tally(Hook::AuthorizeDeliver, started, r)
     }
 }
 

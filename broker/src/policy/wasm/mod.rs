@@ -14,6 +14,7 @@
 //! - `pool`: ready instances, so concurrent calls run in parallel.
 //! - [`Generation`] (`plugin.rs`): one loaded version of a plugin, and the call wrapper that
 //!   enforces the CPU budget, the timeout and failure handling.
+//! - [`hook_stats`]: per-hook counters and latency histogram of a generation.
 //! - `calls`: one method per hook: the broker's types in, the WIT records out and back, with
 //!   the caps on what a plugin may return.
 //! - [`bundled`]: the plugins embedded in the binary.
@@ -29,6 +30,7 @@ pub mod capabilities;
 pub mod disk_cache;
 mod engine;
 mod harness;
+pub mod hook_stats;
 mod host;
 mod plugin;
 mod pool;
@@ -83,6 +85,15 @@ impl Hooks {
     pub const AUTHORIZE_SUBSCRIBE: Hooks = Hooks(8);
     pub const AUTHORIZE_DELIVER: Hooks = Hooks(16);
     pub const ALL: Hooks = Hooks(31);
+
+    /// The set as bits, for keeping it in an atomic.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    pub fn from_bits(bits: u8) -> Hooks {
+        Hooks(bits & Hooks::ALL.0)
+    }
 
     pub fn contains(self, other: Hooks) -> bool {
         self.0 & other.0 == other.0

@@ -29,6 +29,7 @@ use super::bindings::{Plugin as Bindings, PluginPre};
 use super::capabilities::FileSnapshot;
 use super::disk_cache::DiskCache;
 use super::engine::Runtime;
+use super::hook_stats::HookStats;
 use super::host::{HostState, Overrun, PluginContext};
 use super::pool::{Instance, Pool};
 use super::{LoadError, Manifest};
@@ -127,6 +128,8 @@ pub struct Generation {
     /// The granted files as this generation read them.
     pub files: Arc<FileSnapshot>,
     pub stats: Stats,
+    /// Counters per hook, indexed by [`Hook`](super::hook_stats::Hook).
+    pub per_hook: [HookStats; 6],
     runtime: &'static Arc<Runtime>,
     pre: PluginPre<HostState>,
     config_json: String,
@@ -186,6 +189,7 @@ impl Generation {
             ctx,
             files,
             stats: Stats::default(),
+            per_hook: Default::default(),
             runtime,
             pre,
             config_json,
@@ -213,6 +217,7 @@ impl Generation {
             ctx: self.ctx.clone(),
             files,
             stats: Stats::default(),
+            per_hook: Default::default(),
             runtime: self.runtime,
             pre: self.pre.clone(),
             config_json: self.config_json.clone(),

@@ -37,6 +37,10 @@ struct Config {
     /// deliveries of it are denied (kept in `kv`, so every instance sees it) and cached
     /// decisions are dropped (`invalidate`).
     revoke_topic: Option<String>,
+    /// A publish to `<version_topic>/<v>` is allowed (cached for a minute) when `v` is the
+    /// version baked into this component ([`baked`]) and denied otherwise. The baked value
+    /// `initerr` makes `init` fail and `trapped` makes every authorize-publish trap.
+    version_topic: Option<String>,
     faults: Vec<Fault>,
 }
 
@@ -94,6 +98,17 @@ struct Fault {
 
 struct TestPolicy {
     config: Config,
+}
+
+/// The component's version: seven ASCII characters after a marker that tests look for in the
+/// component's bytes and overwrite, to make distinct components (distinct hashes, distinct
+/// policies) from one build. The marker is written nowhere else in this crate.
+static BAKED: [u8; 32] = *b"moat-test-policy-version:0000000";
+
+/// The baked version, read through `black_box` so the compiler cannot fold the original in.
+fn baked() -> &'static str {
+    let bytes: &'static [u8; 32] = std::hint::black_box(&BAKED);
+    std::str::from_utf8(&bytes[25..]).unwrap_or("")
 }
 
 impl TestPolicy {
@@ -218,6 +233,9 @@ impl Plugin for TestPolicy {
     fn new(config: Config) -> Result<Self, String> {
         if let Some(e) = &config.init_error {
             return Err(e.clone());
+        }
+        if config.version_topic.is_some() && baked() == "initerr" {
+            return Err("the baked version says: fail init".into());
         }
         Ok(TestPolicy { config })
     }
@@ -349,6 +367,24 @@ impl Plugin for TestPolicy {
 
     fn authorize_publish(&self, client: &Client, identity: &Identity, msg: &Publish) -> Verdict {
         self.fault("publish", &msg.topic);
+        if let Some(prefix) = &self.config.version_topic {
+            if baked() == "trapped" {
+                panic!("test-policy: the baked version says: trap");
+            }
+            if let Some(v) = msg
+                .topic
+                .strip_prefix(prefix.as_str())
+                .and_then(|rest| rest.strip_prefix('/'))
+            {
+                return match v == baked() {
+                    true => Verdict::Allow(Grant { cache_seconds: 60 }),
+                    false => Verdict::Deny(Denial {
+                        reason: Reason::NotAuthorized,
+                        message: Some(format!("this is version {}", baked())),
+                    }),
+                };
+            }
+        }
         if let Some(target) = self
             .config
             .revoke_topic
