@@ -40,8 +40,8 @@ pub use listener::{
     TlsVersion,
 };
 pub use plugins::{
-    Exhausted, ForeignSession, Grants, HookName, KvGrant, OnFailure, PasswordGrant, PluginConfig,
-    PluginsConfig, RecheckSubscriptions, SecurityConfig,
+    Exhausted, ForeignSession, Grants, HookName, HttpGrant, KvGrant, OnFailure, PasswordGrant,
+    PluginConfig, PluginsConfig, RecheckSubscriptions, SecurityConfig,
 };
 
 /// A commented example configuration listing every key with its default value. It parses to
@@ -421,13 +421,18 @@ impl Config {
             source,
         })?;
         let mut config = Config::from_str_named(&text, &path.display().to_string())?;
-        // Plugin files, granted files, the watched folder and the token file named relative
-        // to the configuration file.
+        // Plugin files, granted files and CA files, the watched folder and the token file named
+        // relative to the configuration file.
         let base = path.parent().unwrap_or(Path::new(""));
         let mut paths: Vec<&mut std::path::PathBuf> = Vec::new();
         for plugin in &mut config.plugin_chain {
             let granted = plugin.grants.files.iter_mut().flat_map(|f| f.values_mut());
-            paths.extend(plugin.wasm.iter_mut().chain(granted));
+            let ca = plugin
+                .grants
+                .http
+                .iter_mut()
+                .filter_map(|h| h.ca_file.as_mut());
+            paths.extend(plugin.wasm.iter_mut().chain(granted).chain(ca));
         }
         paths.extend(config.plugins.watch_dir.as_mut());
         paths.extend(config.admin.token_file.as_mut());

@@ -197,6 +197,8 @@ pub struct Grants {
     /// checked by the broker (argon2, bcrypt, PBKDF2, Mosquitto's `$7$` and `$6$`).
     #[serde(deserialize_with = "de_password_grant")]
     pub password: Option<PasswordGrant>,
+    /// `[plugin.grants.http]`: outgoing HTTP(S) to the origins it lists.
+    pub http: Option<HttpGrant>,
 }
 
 /// `[plugin.grants.password]`.
@@ -252,5 +254,89 @@ impl Default for KvGrant {
             max_entries: 10_000,
             max_bytes: 16 << 20,
         }
+    }
+}
+
+/// `[plugin.grants.http]`: outgoing HTTP(S) requests, to listed origins only.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpGrant {
+    /// `allow`: the origins (`scheme://host[:port]`, `http` or `https`) the plugin may send
+    /// requests to, redirects included. Required: at least one.
+    pub allow: Vec<String>,
+    /// `allow_addresses`: address ranges (CIDR, e.g. `"10.0.0.0/8"`) beyond the public internet
+    /// that the names of allowed origins may resolve to. A name that resolves only to loopback,
+    /// private, link-local or other special-purpose addresses is refused unless they are listed
+    /// here; an origin written as an IP address allows that one address. Default: none.
+    pub allow_addresses: Vec<String>,
+    /// `timeout_ms`: wall-clock limit of one request, redirects included (1 to 60000); the
+    /// plugin's own call timeout still applies. Default: 2000.
+    pub timeout_ms: u32,
+    /// `max_body_bytes`: the largest request or response body (1 to 67108864). Default: 1 MiB.
+    pub max_body_bytes: u32,
+    /// `max_redirects`: redirects followed per request (0 to 10); past that the redirect itself
+    /// is the answer. Default: 3.
+    pub max_redirects: u32,
+    /// `ca_file`: PEM certificates trusted for `https` besides the system's (relative paths are
+    /// relative to the configuration file). Default: none.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for HttpGrant {
+    fn default() -> Self {
+        HttpGrant {
+            allow: Vec::new(),
+            allow_addresses: Vec::new(),
+            timeout_ms: 2000,
+            max_body_bytes: 1 << 20,
+            max_redirects: 3,
+            ca_file: None,
+        }
+    }
+}
+
+impl HttpGrant {
+    /// Checks the grant: the key (and list index) of the first bad value, and why.
+    pub fn check(&self) -> Result<(), (&'static str, Option<usize>, String)> {
+        use crate::policy::wasm::capabilities::http::Origin;
+        if self.allow.is_empty() {
+            return Err((
+                "allow",
+                None,
+                "list at least one origin, e.g. \"https://login.example.com\"".into(),
+            ));
+        }
+        for (i, origin) in self.allow.iter().enumerate() {
+            Origin::parse(origin).map_err(|why| ("allow", Some(i), why))?;
+        }
+        for (i, net) in self.allow_addresses.iter().enumerate() {
+            net.parse::<ipnet::IpNet>().map_err(|_| {
+                (
+                    "allow_addresses",
+                    Some(i),
+                    format!("{net:?} is not an address range such as \"10.0.0.0/8\""),
+                )
+            })?;
+        }
+        let ranged = [
+            ("timeout_ms", u64::from(self.timeout_ms), 1, 60_000),
+            (
+                "max_body_bytes",
+                u64::from(self.max_body_bytes),
+                1,
+                64 << 20,
+            ),
+            ("max_redirects", u64::from(self.max_redirects), 0, 10),
+        ];
+        for (key, value, min, max) in ranged {
+            if !(min..=max).contains(&value) {
+                return Err((
+                    key,
+                    None,
+                    format!("must be between {min} and {max}, got {value}"),
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -653,6 +653,34 @@ const BAD: &[(&str, &str, usize, &str, &str)] = &[
         "unknown field `timeout`",
     ),
     (
+        "http grant without origins",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\n[plugin.grants.http]\ntimeout_ms = 10\n",
+        4,
+        "plugin[0].grants.http.allow",
+        "list at least one origin",
+    ),
+    (
+        "http grant with a path",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\n[plugin.grants.http]\nallow = [\"https://a.example\",\n  \"https://b.example/keys\"]\n",
+        6,
+        "plugin[0].grants.http.allow[1]",
+        "without a path",
+    ),
+    (
+        "http grant with a bad range",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\n[plugin.grants.http]\nallow = [\"https://a.example\"]\nallow_addresses = [\"10.0.0.0/33\"]\n",
+        6,
+        "plugin[0].grants.http.allow_addresses[0]",
+        "not an address range",
+    ),
+    (
+        "http grant timeout",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\n[plugin.grants.http]\nallow = [\"https://a.example\"]\ntimeout_ms = 0\n",
+        6,
+        "plugin[0].grants.http.timeout_ms",
+        "must be between 1 and 60000, got 0",
+    ),
+    (
         "exhausted",
         "[plugins]\nexhausted = \"maybe\"\n",
         2,
@@ -740,6 +768,9 @@ on_failure = "next"
 max_instances = 4
 [plugin.grants.kv]
 max_entries = 10
+[plugin.grants.http]
+allow = ["https://login.example.com", "http://127.0.0.1:8080"]
+allow_addresses = ["10.0.0.0/8"]
 [plugin.config]
 users = { alice = "secret" }
 levels = [1, 2]
@@ -756,6 +787,9 @@ levels = [1, 2]
     assert_eq!(p.on_failure, OnFailure::Next);
     assert_eq!((p.max_instances, p.min_instances), (4, 1));
     assert_eq!(p.grants.kv.as_ref().map(|k| k.max_entries), Some(10));
+    let http = p.grants.http.as_ref().unwrap();
+    assert_eq!(http.allow.len(), 2);
+    assert_eq!((http.timeout_ms, http.max_redirects), (2000, 3));
     assert_eq!(
         serde_json::Value::Object(p.config.clone()).to_string(),
         r#"{"levels":[1,2],"users":{"alice":"secret"}}"#

@@ -426,7 +426,7 @@ fn validate_plugins(config: &Config) -> Result<(), Invalid> {
 /// Most files one plugin may be granted.
 const MAX_GRANTED_FILES: usize = 32;
 
-/// The `files` and `password` grants of `plugin[i]`.
+/// The `files`, `password` and `http` grants of `plugin[i]`.
 fn validate_grants(i: usize, grants: &crate::config::Grants) -> Result<(), Invalid> {
     let at = |keys: &[&str]| {
         keys.iter().fold(
@@ -475,6 +475,15 @@ fn validate_grants(i: usize, grants: &crate::config::Grants) -> Result<(), Inval
             path: at(&["password", "pool_size"]),
             message: format!("must be between 1 and 64, got {}", password.pool_size),
         });
+    }
+    if let Some(http) = &grants.http {
+        http.check().map_err(|(key, index, message)| {
+            let mut path = at(&["http", key]);
+            if let Some(index) = index {
+                path = path.with(Seg::Index(index));
+            }
+            Invalid { path, message }
+        })?;
     }
     Ok(())
 }

@@ -112,11 +112,11 @@ fn limits(spec: &PluginConfig) -> Limits {
 }
 
 /// A new plugin context for `spec`: a fresh epoch, counters and the capabilities its grants
-/// give.
-fn new_context(spec: &PluginConfig) -> Arc<PluginContext> {
+/// give (an error if a grant cannot be served, e.g. an unreadable `ca_file`).
+fn new_context(spec: &PluginConfig) -> Result<Arc<PluginContext>, LoadError> {
     let name: Arc<str> = Arc::from(spec.name.as_str());
     let epoch = Arc::new(AtomicU64::new(0));
-    Arc::new(PluginContext::new(name, epoch, &spec.grants))
+    PluginContext::new(name, epoch, &spec.grants).map(Arc::new)
 }
 
 /// Loads generation `number` of the plugin `spec` declares from `bytes` (already checked
@@ -194,7 +194,8 @@ pub(super) async fn load_slot_from(
 ) -> Result<Slot, ChainError> {
     let given = bytes.is_some();
     let bytes = checked_bytes(spec, bytes)?;
-    let generation = load_generation(spec, first, &bytes, new_context(spec), disk)
+    let ctx = new_context(spec).map_err(load_failed(spec, given))?;
+    let generation = load_generation(spec, first, &bytes, ctx, disk)
         .await
         .map_err(load_failed(spec, given))?;
     Ok(Slot::new(spec.clone(), generation))

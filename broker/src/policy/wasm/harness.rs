@@ -81,7 +81,7 @@ impl Harness {
             name.clone(),
             Arc::new(AtomicU64::new(0)),
             grants,
-        ));
+        )?);
         let generation =
             Generation::load(name, 1, bytes, config.to_owned(), limits, ctx, None).await?;
         Ok(Harness { generation })

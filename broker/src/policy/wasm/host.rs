@@ -24,6 +24,7 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::LoadError;
 use super::bindings::moat::policy::host;
 use super::bindings::moat::policy::types::CapabilityError;
 use super::capabilities::{FileSnapshot, Granted};
@@ -58,14 +59,19 @@ pub struct PluginContext {
 }
 
 impl PluginContext {
-    pub fn new(name: Arc<str>, epoch: Arc<AtomicU64>, grants: &Grants) -> PluginContext {
-        PluginContext {
+    /// Fails if a grant cannot be served (see [`Granted::new`]).
+    pub fn new(
+        name: Arc<str>,
+        epoch: Arc<AtomicU64>,
+        grants: &Grants,
+    ) -> Result<PluginContext, LoadError> {
+        Ok(PluginContext {
             name,
             epoch,
             counters: Mutex::new(HashMap::new()),
-            granted: Granted::new(grants),
+            granted: Granted::new(grants)?,
             refusal_logged: Mutex::new(None),
-        }
+        })
     }
 
     /// A snapshot of the plugin's own counters.
@@ -82,11 +88,20 @@ impl PluginContext {
 
     /// The answer to a capability call the grant does not cover; logged at most once a second.
     pub(super) fn refuse(&self, capability: &str) -> CapabilityError {
+        self.refuse_because(capability, &"plugin used a capability it was not granted")
+    }
+
+    /// The same, logging `why` (e.g. the origin an `http` grant does not list).
+    pub(super) fn refuse_because(
+        &self,
+        capability: &str,
+        why: &dyn std::fmt::Display,
+    ) -> CapabilityError {
         let mut last = self.refusal_logged.lock();
         let now = Instant::now();
         if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
             *last = Some(now);
-            tracing::warn!(plugin = %self.name, capability, "plugin used a capability it was not granted");
+            tracing::warn!(plugin = %self.name, capability, "refused: {why}");
         }
         CapabilityError::NotGranted
     }

@@ -9,8 +9,8 @@
 //! - `version`: which contract versions are accepted (`0.1.x`).
 //! - `host`: the imports every plugin sees (log, clock, counters, invalidate), a WASI that
 //!   grants nothing, the memory cap.
-//! - [`capabilities`]: what the operator may grant a plugin (`kv`, `files`, `password`...),
-//!   one file each.
+//! - [`capabilities`]: what the operator may grant a plugin (`kv`, `files`, `password`,
+//!   `http`...), one file each.
 //! - `pool`: ready instances, so concurrent calls run in parallel.
 //! - [`Generation`] (`plugin.rs`): one loaded version of a plugin, and the call wrapper that
 //!   enforces the CPU budget, the timeout and failure handling.
@@ -68,6 +68,11 @@ pub enum LoadError {
     Link(String),
     #[error("init failed: {0}")]
     Init(String),
+    #[error("cannot grant it `{capability}`: {why}")]
+    Grant {
+        capability: &'static str,
+        why: String,
+    },
     #[error("its SHA-256 is {actual}, but the configuration pins {expected}")]
     Hash { expected: String, actual: String },
     #[error("unsafe compile cache directory {dir}: {why}")]

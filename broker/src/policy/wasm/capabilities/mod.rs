@@ -10,13 +10,15 @@
 //! - `files`: the granted files, read once per generation ([`FileSnapshot`]); a change on
 //!   disk starts a new generation (`policy::chain::watch`).
 //! - `password`: password hashes checked on a bounded blocking pool ([`PasswordPool`]).
-//! - `sql`, `ldap`, `http`: declared in the contract, refused until implemented.
+//! - [`http`]: outgoing HTTP(S) to granted origins, checked after name resolution and on
+//!   every redirect ([`http::HttpClient`]).
+//! - `sql`, `ldap`: declared in the contract, refused until implemented.
 //!
 //! What a plugin was granted lives in [`Granted`], one per plugin, shared by its generations;
 //! only the file snapshot belongs to a generation.
 
 mod files;
-mod http;
+pub mod http;
 mod kv;
 mod ldap;
 mod password;
@@ -35,6 +37,7 @@ pub use password::{
     scram_new as new_scram_verifier,
 };
 
+use super::LoadError;
 use crate::config::Grants;
 
 /// What one plugin was granted, ready to serve.
@@ -43,15 +46,27 @@ pub struct Granted {
     /// The granted files, by the name the plugin asks for.
     pub files: Option<Arc<BTreeMap<String, PathBuf>>>,
     pub(in crate::policy::wasm) password: Option<PasswordPool>,
+    pub(in crate::policy::wasm) http: Option<http::HttpClient>,
 }
 
 impl Granted {
-    pub fn new(grants: &Grants) -> Granted {
-        Granted {
+    /// Fails if a grant refers to something that cannot be had (an `http` grant's `ca_file`).
+    pub fn new(grants: &Grants) -> Result<Granted, LoadError> {
+        let http = grants
+            .http
+            .as_ref()
+            .map(http::HttpClient::new)
+            .transpose()
+            .map_err(|why| LoadError::Grant {
+                capability: "http",
+                why,
+            })?;
+        Ok(Granted {
             kv: grants.kv.as_ref().map(|g| Mutex::new(KvSpace::new(g))),
             files: grants.files.clone().map(Arc::new),
             password: grants.password.as_ref().map(PasswordPool::new),
-        }
+            http,
+        })
     }
 
     /// Reads the granted files (blocking); an empty snapshot without a `files` grant.
