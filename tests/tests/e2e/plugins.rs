@@ -421,6 +421,7 @@ async fn plugins_report_their_calls_and_counters_under_sys() {
         .get("$SYS/broker/plugins/acl/counters/revocations")
         .is_none_or(|v| v != "1")
         || !seen.contains_key("$SYS/broker/plugins/acl/sha256")
+        || !seen.contains_key("$SYS/broker/plugins/acl/calls")
     {
         let p = c.expect_publish().await;
         let value = String::from_utf8(p.payload.to_vec()).unwrap();
