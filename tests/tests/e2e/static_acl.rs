@@ -532,3 +532,36 @@ async fn an_absurd_hash_cost_is_not_computed() {
         "{answer:?}"
     );
 }
+
+/// The wall-clock timeout of a hook covers time spent in the host: a login whose hash takes
+/// seconds (argon2id at the cost limit, 64 MiB x 16 passes) fails at `authenticate_timeout`
+/// with a timeout, fail-closed, instead of holding the connection for the hash, while a login
+/// with a cheap hash (Mosquitto's `$7$`) passes under the same limit.
+#[tokio::test]
+async fn a_slow_hash_is_cut_by_the_wall_clock_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("passwd");
+    mosquitto_passwd(&passwd, "quick", "secret", true);
+    let mut text = std::fs::read_to_string(&passwd).unwrap();
+    text.push_str(
+        "slow:$argon2id$v=19$m=65536,t=16,p=1$bW9hdC1kdW1teS1zYWx0$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n",
+    );
+    std::fs::write(&passwd, text).unwrap();
+    let limits = Limits {
+        authenticate_timeout: std::time::Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let p = Harness::load_with_grants(
+        component(),
+        &json!({"password_file": "passwd"}).to_string(),
+        limits,
+        &grants(&[("passwd", &passwd)]),
+    )
+    .await
+    .unwrap();
+    let answer = p
+        .authenticate(&client("s", Some("slow")), &Harness::password("x"))
+        .await;
+    assert_eq!(answer, Err(moat_plugin_sdk::harness::Failure::Timeout));
+    identity(&p, &client("q", Some("quick")), "secret").await;
+}
