@@ -22,6 +22,7 @@ mod harness;
 mod hotswap;
 mod hotswap_cli;
 mod interop;
+mod jwt;
 mod limits;
 mod malformed;
 mod plugin_faults;
