@@ -83,6 +83,7 @@ fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     let worst = Arc::new(AtomicU64::new(0));
     let decided = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
     let mut deciders = Vec::new();
     for _ in 0..DECIDERS {
         let (chain, client, identity, message) = (
@@ -91,7 +92,8 @@ fn main() {
             identity.clone(),
             message.clone(),
         );
-        let (stop, worst, decided) = (stop.clone(), worst.clone(), decided.clone());
+        let (stop, worst, decided, failed) =
+            (stop.clone(), worst.clone(), decided.clone(), failed.clone());
         deciders.push(rt.spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
@@ -99,7 +101,10 @@ fn main() {
                     .authorize_publish(&client, &identity, PublishKind::Message, &message)
                     .get()
                     .await;
-                assert!(v.is_allow(), "{v:?}");
+                if !v.is_allow() {
+                    // A call that overran its timeout fails closed: count it.
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
                 worst.fetch_max(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 decided.fetch_add(1, Ordering::Relaxed);
                 tokio::task::yield_now().await;
@@ -109,9 +114,9 @@ fn main() {
     let base = bundled::get("allow-anonymous").unwrap().to_vec();
 
     // Without swaps, for comparison.
-    rt.block_on(tokio::time::sleep(Duration::from_millis(200)));
+    rt.block_on(async { tokio::time::sleep(Duration::from_millis(200)).await });
     worst.store(0, Ordering::Relaxed);
-    rt.block_on(tokio::time::sleep(Duration::from_secs(1)));
+    rt.block_on(async { tokio::time::sleep(Duration::from_secs(1)).await });
     println!(
         "no swap: worst decision {:?} over 1 s ({} decisions)",
         Duration::from_nanos(worst.load(Ordering::Relaxed)),
@@ -129,7 +134,7 @@ fn main() {
         }
         let (mut swaps, mut stalls) = (Vec::new(), Vec::new());
         for v in variants {
-            rt.block_on(tokio::time::sleep(Duration::from_millis(50)));
+            rt.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
             worst.store(0, Ordering::Relaxed);
             let t = Instant::now();
             rt.block_on(chain.replace("allow-anonymous", Some(v)))
@@ -143,11 +148,13 @@ fn main() {
             "uncompiled "
         };
         println!(
-            "{kind}: swap median {:?}, worst {:?}; decision during a swap: worst median {:?}, worst {:?}",
+            "{kind}: swap median {:?}, worst {:?}; decision during a swap: worst median {:?}, \
+             worst {:?}; {} decisions failed closed (timeout)",
             percentile(&mut swaps, 0.5),
             percentile(&mut swaps, 1.0),
             percentile(&mut stalls, 0.5),
             percentile(&mut stalls, 1.0),
+            failed.swap(0, Ordering::Relaxed),
         );
     }
     stop.store(true, Ordering::Relaxed);

@@ -136,7 +136,7 @@ pub fn render(control: &Control) -> String {
             crate::policy::wasm::hex(&g.hash)
         );
     }
-    let counters: [(&str, &str); 7] = [
+    let counters: [(&str, &str); 6] = [
         ("calls", "Calls into the plugin."),
         ("allows", "Calls answered allow."),
         ("denies", "Calls answered deny."),
@@ -148,10 +148,6 @@ pub fn render(control: &Control) -> String {
         (
             "deadline_hits",
             "Calls stopped by the CPU budget or the timeout (fail closed).",
-        ),
-        (
-            "cache_hits",
-            "Decisions sessions reused instead of calling the plugin.",
         ),
     ];
     for (i, (what, help)) in counters.iter().enumerate() {
@@ -167,7 +163,6 @@ pub fn render(control: &Control) -> String {
                     &s.nexts,
                     &s.traps,
                     &s.deadline_hits,
-                    &s.cache_hits,
                 ][i]
                     .load(Relaxed);
                 let _ = writeln!(
@@ -178,6 +173,27 @@ pub fn render(control: &Control) -> String {
                     hook.name()
                 );
             }
+        }
+    }
+    family(
+        &mut out,
+        "moat_plugin_cache_hits_total",
+        "counter",
+        "Decisions sessions reused instead of calling the plugin (by plugin, since it loaded).",
+    );
+    for (slot, g) in &generations {
+        for (i, hook) in [Hook::AuthorizePublish, Hook::AuthorizeDeliver]
+            .iter()
+            .enumerate()
+        {
+            let _ = writeln!(
+                out,
+                "moat_plugin_cache_hits_total{{plugin=\"{}\",generation=\"{}\",hook=\"{}\"}} {}",
+                slot.name,
+                g.number,
+                hook.name(),
+                slot.cache_hits[i].load(Relaxed)
+            );
         }
     }
     let name = "moat_plugin_call_duration_seconds";

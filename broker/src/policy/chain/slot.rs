@@ -33,6 +33,8 @@ pub struct Slot {
     pub epoch: Arc<AtomicU64>,
     /// The number the next generation gets.
     next_generation: AtomicU64,
+    /// Decisions sessions reused instead of asking: authorize-publish, authorize-deliver.
+    pub cache_hits: [AtomicU64; 2],
     /// When a failure was last logged, and how many were not since.
     pub(super) failure_log: Mutex<(Option<Instant>, u64)>,
 }
@@ -50,6 +52,7 @@ impl Slot {
             on_failure: spec.on_failure,
             spec,
             next_generation: AtomicU64::new(generation.number + 1),
+            cache_hits: Default::default(),
             epoch: generation.ctx.epoch.clone(),
             current: ArcSwap::new(generation),
             failure_log: Mutex::new((None, 0)),

@@ -72,8 +72,6 @@ pub struct HookStats {
     pub traps: AtomicU64,
     /// CPU budget or wall-clock timeout.
     pub deadline_hits: AtomicU64,
-    /// Decisions a session reused instead of asking (counted where the decision cache hits).
-    pub cache_hits: AtomicU64,
     /// Calls per latency bucket (not cumulative), then the sum of all latencies in ns.
     pub latency: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
     pub latency_sum_ns: AtomicU64,
