@@ -26,7 +26,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use bytestring::ByteString;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use moat::codec::{ProtocolVersion, QoS};
 use moat::config::{Grants, PasswordGrant, PluginConfig};
 use moat::message::{Message, MessageProperties};
@@ -72,6 +73,28 @@ fn anonymous(rt: &tokio::runtime::Runtime, plugin: &Harness) -> Identity {
 }
 
 /// The check a native ACL would make: the client's own subtree.
+/// One uncached `authorize-publish` into `plugin`, straight through the harness.
+fn bench_uncached(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    rt: &tokio::runtime::Runtime,
+    plugin: &Harness,
+    client: &Arc<ClientInfo>,
+    identity: &Arc<Identity>,
+    msg: &Arc<Message>,
+) {
+    g.bench_function(name, |b| {
+        b.to_async(rt).iter(|| async {
+            black_box(
+                plugin
+                    .authorize_publish(client, identity, PublishKind::Message, msg)
+                    .await
+                    .unwrap(),
+            )
+        })
+    });
+}
+
 fn native_check(client: &ClientInfo, topic: &str) -> bool {
     let rule = moat::topic::expand_pattern("tenants/%u/#", |k| match k {
         "username" => client.username.as_deref(),
@@ -112,16 +135,15 @@ fn decisions(c: &mut Criterion) {
         .block_on(Harness::load(bytes, r#"{"listeners": ["default"]}"#))
         .expect("loads");
     let identity = Arc::new(anonymous(&rt, &plugin));
-    g.bench_function("uncached, Rust plugin", |b| {
-        b.to_async(&rt).iter(|| async {
-            black_box(
-                plugin
-                    .authorize_publish(&client, &identity, PublishKind::Message, &msg)
-                    .await
-                    .unwrap(),
-            )
-        })
-    });
+    bench_uncached(
+        &mut g,
+        "uncached, Rust plugin",
+        &rt,
+        &plugin,
+        &client,
+        &identity,
+        &msg,
+    );
 
     // The same plugin as the default chain runs it, and a session's cache in front.
     let cache_dir = tempfile::tempdir().unwrap();
@@ -175,16 +197,7 @@ fn decisions(c: &mut Criterion) {
             })) => Arc::new(identity),
             other => panic!("{name}: alice is refused: {other:?}"),
         };
-        g.bench_function(name, |b| {
-            b.to_async(&rt).iter(|| async {
-                black_box(
-                    plugin
-                        .authorize_publish(&client, &identity, PublishKind::Message, &msg)
-                        .await
-                        .unwrap(),
-                )
-            })
-        });
+        bench_uncached(&mut g, name, &rt, &plugin, &client, &identity, &msg);
     }
     g.finish();
 }
@@ -309,16 +322,15 @@ fn static_acl(c: &mut Criterion) {
         Ok(Answer::Decided(AuthStep::Allow { identity, .. })) => Arc::new(identity),
         other => panic!("alice is refused: {other:?}"),
     };
-    g.bench_function("uncached, plugin", |b| {
-        b.to_async(&rt).iter(|| async {
-            black_box(
-                plugin
-                    .authorize_publish(&client, &identity, PublishKind::Message, &msg)
-                    .await
-                    .unwrap(),
-            )
-        })
-    });
+    bench_uncached(
+        &mut g,
+        "uncached, plugin",
+        &rt,
+        &plugin,
+        &client,
+        &identity,
+        &msg,
+    );
 
     let cache_dir = tempfile::tempdir().unwrap();
     let mut config = moat::Config::default();
