@@ -41,6 +41,8 @@
 //! - [`topic`]: MQTT topic rules shared with the broker (matching, validation), the subset
 //!   test for filters and placeholder expansion that refuses injection.
 //! - [`log`](mod@log): logging into the broker's log.
+//! - [`ldap_text`]: escaping a user name into an LDAP DN (RFC 4514) or filter (RFC 4515), for
+//!   plugins that use the `ldap` capability.
 //!
 //! Testing a plugin without a broker: with the `harness` feature (in `dev-dependencies`),
 //! [`harness`] builds the plugin crate into a component and loads it with the broker's own
@@ -49,6 +51,7 @@
 pub mod bindings;
 #[cfg(all(feature = "harness", not(target_family = "wasm")))]
 pub mod harness;
+pub mod ldap_text;
 pub mod log;
 mod plugin;
 pub mod state;

@@ -40,8 +40,8 @@ pub use listener::{
     TlsVersion,
 };
 pub use plugins::{
-    Exhausted, ForeignSession, Grants, HookName, HttpGrant, KvGrant, OnFailure, PasswordGrant,
-    PluginConfig, PluginsConfig, RecheckSubscriptions, SecurityConfig,
+    Exhausted, ForeignSession, Grants, HookName, HttpGrant, KvGrant, LdapDirectory, OnFailure,
+    PasswordGrant, PluginConfig, PluginsConfig, RecheckSubscriptions, SecurityConfig,
 };
 
 /// A commented example configuration listing every key with its default value. It parses to
@@ -432,7 +432,13 @@ impl Config {
                 .http
                 .iter_mut()
                 .filter_map(|h| h.ca_file.as_mut());
-            paths.extend(plugin.wasm.iter_mut().chain(granted).chain(ca));
+            let ldap = plugin
+                .grants
+                .ldap
+                .iter_mut()
+                .flat_map(|d| d.values_mut())
+                .flat_map(|d| d.ca_file.iter_mut().chain(d.bind_password_file.iter_mut()));
+            paths.extend(plugin.wasm.iter_mut().chain(granted).chain(ca).chain(ldap));
         }
         paths.extend(config.plugins.watch_dir.as_mut());
         paths.extend(config.admin.token_file.as_mut());

@@ -199,6 +199,9 @@ pub struct Grants {
     pub password: Option<PasswordGrant>,
     /// `[plugin.grants.http]`: outgoing HTTP(S) to the origins it lists.
     pub http: Option<HttpGrant>,
+    /// `[plugin.grants.ldap.NAME]`: bind and search on the directories it names, each under
+    /// the name the plugin asks for.
+    pub ldap: Option<BTreeMap<String, LdapDirectory>>,
 }
 
 /// `[plugin.grants.password]`.
@@ -336,6 +339,125 @@ impl HttpGrant {
                     format!("must be between {min} and {max}, got {value}"),
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+/// `[plugin.grants.ldap.NAME]`: one directory server the broker connects to for the plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LdapDirectory {
+    /// `url`: `ldap://host[:port]` or `ldaps://host[:port]` (TLS from the first byte).
+    /// Required.
+    pub url: String,
+    /// `starttls`: upgrade an `ldap://` connection with StartTLS before anything is sent.
+    /// Default: false.
+    pub starttls: bool,
+    /// `ca_file`: PEM certificates trusted for TLS besides the system's (relative paths are
+    /// relative to the configuration file). Default: none.
+    pub ca_file: Option<PathBuf>,
+    /// `bind_dn`: the service account searches run as. Default: none (anonymous searches).
+    pub bind_dn: Option<String>,
+    /// `bind_password`: its password; or `bind_password_file`, a file whose first line is it
+    /// (relative paths are relative to the configuration file). One of them with `bind_dn`.
+    pub bind_password: Option<String>,
+    pub bind_password_file: Option<PathBuf>,
+    /// `connect_timeout_ms`: limit of the TCP (and TLS) connection (1 to 60000, at most
+    /// `timeout_ms`). Default: 300.
+    pub connect_timeout_ms: u32,
+    /// `timeout_ms`: wall-clock limit of one bind or search, connecting included (1 to 60000).
+    /// A login may make three calls (search, bind, group search), so it must be at most a
+    /// third of the plugin's `authenticate_timeout_ms`. Default: 600.
+    pub timeout_ms: u32,
+    /// `max_entries`: most entries one search may answer (1 to 10000); a search finding more
+    /// answers `too-large`. Default: 100.
+    pub max_entries: u32,
+    /// `pool_size`: service-account connections kept open and used at once (1 to 64).
+    /// Default: 4.
+    pub pool_size: u32,
+}
+
+impl Default for LdapDirectory {
+    fn default() -> Self {
+        LdapDirectory {
+            url: String::new(),
+            starttls: false,
+            ca_file: None,
+            bind_dn: None,
+            bind_password: None,
+            bind_password_file: None,
+            connect_timeout_ms: 300,
+            timeout_ms: 600,
+            max_entries: 100,
+            pool_size: 4,
+        }
+    }
+}
+
+impl LdapDirectory {
+    /// Checks the directory against the plugin's `authenticate_timeout_ms`: the key of the
+    /// first bad value, and why.
+    pub fn check(&self, authenticate_timeout_ms: u32) -> Result<(), (&'static str, String)> {
+        crate::policy::wasm::capabilities::ldap::Endpoint::parse(&self.url, self.starttls)
+            .map_err(|why| ("url", why))?;
+        match (&self.bind_dn, &self.bind_password, &self.bind_password_file) {
+            (Some(_), Some(_), Some(_)) => {
+                return Err((
+                    "bind_password_file",
+                    "give either `bind_password` or `bind_password_file`, not both".into(),
+                ));
+            }
+            (Some(dn), None, None) => {
+                return Err((
+                    "bind_dn",
+                    format!(
+                        "{dn:?} needs `bind_password` or `bind_password_file` (an empty \
+                         password would be an unauthenticated bind)"
+                    ),
+                ));
+            }
+            (Some(dn), _, _) if dn.trim().is_empty() => {
+                return Err(("bind_dn", "must not be empty".into()));
+            }
+            (Some(_), Some(p), None) if p.is_empty() => {
+                return Err(("bind_password", "must not be empty".into()));
+            }
+            (None, Some(_), _) => {
+                return Err(("bind_password", "a password needs `bind_dn`".into()));
+            }
+            (None, _, Some(_)) => {
+                return Err(("bind_password_file", "a password needs `bind_dn`".into()));
+            }
+            _ => {}
+        }
+        let ranged = [
+            ("connect_timeout_ms", self.connect_timeout_ms, 1, 60_000),
+            ("timeout_ms", self.timeout_ms, 1, 60_000),
+            ("max_entries", self.max_entries, 1, 10_000),
+            ("pool_size", self.pool_size, 1, 64),
+        ];
+        for (key, value, min, max) in ranged {
+            if !(min..=max).contains(&value) {
+                return Err((key, format!("must be between {min} and {max}, got {value}")));
+            }
+        }
+        if self.connect_timeout_ms > self.timeout_ms {
+            return Err((
+                "connect_timeout_ms",
+                format!("must not exceed timeout_ms ({})", self.timeout_ms),
+            ));
+        }
+        if u64::from(self.timeout_ms) * 3 > u64::from(authenticate_timeout_ms) {
+            return Err((
+                "timeout_ms",
+                format!(
+                    "{} ms is more than a third of the plugin's authenticate_timeout_ms \
+                     ({authenticate_timeout_ms} ms): a login may make three LDAP calls, which \
+                     must end before the hook's deadline",
+                    self.timeout_ms
+                ),
+            ));
         }
         Ok(())
     }

@@ -681,6 +681,41 @@ const BAD: &[(&str, &str, usize, &str, &str)] = &[
         "must be between 1 and 60000, got 0",
     ),
     (
+        "ldap grant with a DN in its url",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\n[plugin.grants.ldap.corp]\nurl = \"ldap://ldap.example.org/dc=example\"\n",
+        5,
+        "plugin[0].grants.ldap.corp.url",
+        "without a DN",
+    ),
+    (
+        "ldap grant with StartTLS on ldaps",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\n[plugin.grants.ldap.corp]\nurl = \"ldaps://ldap.example.org\"\nstarttls = true\n",
+        5,
+        "plugin[0].grants.ldap.corp.url",
+        "TLS already",
+    ),
+    (
+        "ldap service account without a password",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\n[plugin.grants.ldap.corp]\nurl = \"ldap://ldap.example.org\"\nbind_dn = \"cn=mqtt,dc=example,dc=org\"\n",
+        6,
+        "plugin[0].grants.ldap.corp.bind_dn",
+        "unauthenticated bind",
+    ),
+    (
+        "ldap timeout beyond the login deadline",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\nauthenticate_timeout_ms = 1000\n[plugin.grants.ldap.corp]\nurl = \"ldap://ldap.example.org\"\ntimeout_ms = 600\n",
+        7,
+        "plugin[0].grants.ldap.corp.timeout_ms",
+        "more than a third of the plugin's authenticate_timeout_ms",
+    ),
+    (
+        "ldap entries cap",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\n[plugin.grants.ldap.corp]\nurl = \"ldap://ldap.example.org\"\nmax_entries = 0\n",
+        6,
+        "plugin[0].grants.ldap.corp.max_entries",
+        "must be between 1 and 10000, got 0",
+    ),
+    (
         "exhausted",
         "[plugins]\nexhausted = \"maybe\"\n",
         2,
@@ -771,6 +806,10 @@ max_entries = 10
 [plugin.grants.http]
 allow = ["https://login.example.com", "http://127.0.0.1:8080"]
 allow_addresses = ["10.0.0.0/8"]
+[plugin.grants.ldap.corp]
+url = "ldaps://ldap.example.org"
+bind_dn = "cn=mqtt,ou=services,dc=example,dc=org"
+bind_password = "service-secret"
 [plugin.config]
 users = { alice = "secret" }
 levels = [1, 2]
@@ -790,6 +829,12 @@ levels = [1, 2]
     let http = p.grants.http.as_ref().unwrap();
     assert_eq!(http.allow.len(), 2);
     assert_eq!((http.timeout_ms, http.max_redirects), (2000, 3));
+    let corp = &p.grants.ldap.as_ref().unwrap()["corp"];
+    assert_eq!(corp.bind_password.as_deref(), Some("service-secret"));
+    assert_eq!(
+        (corp.timeout_ms, corp.max_entries, corp.pool_size),
+        (600, 100, 4)
+    );
     assert_eq!(
         serde_json::Value::Object(p.config.clone()).to_string(),
         r#"{"levels":[1,2],"users":{"alice":"secret"}}"#
@@ -803,7 +848,9 @@ fn plugin_files_are_relative_to_the_config_file() {
     std::fs::write(
         &path,
         "[[plugin]]\nname = \"a\"\nwasm = \"plugins/a.wasm\"\n\
-         [plugin.grants]\nfiles = { passwd = \"etc/passwd\", acl = \"/abs/acl\" }\n",
+         [plugin.grants]\nfiles = { passwd = \"etc/passwd\", acl = \"/abs/acl\" }\n\
+         [plugin.grants.ldap.corp]\nurl = \"ldaps://ldap.example.org\"\nca_file = \"ca.pem\"\n\
+         bind_dn = \"cn=mqtt,dc=example,dc=org\"\nbind_password_file = \"secrets/ldap\"\n",
     )
     .unwrap();
     let c = Config::load(&path).unwrap();
@@ -812,6 +859,12 @@ fn plugin_files_are_relative_to_the_config_file() {
     let files = p.grants.files.as_ref().unwrap();
     assert_eq!(files["passwd"], dir.path().join("etc/passwd"));
     assert_eq!(files["acl"], std::path::PathBuf::from("/abs/acl"));
+    let corp = &p.grants.ldap.as_ref().unwrap()["corp"];
+    assert_eq!(corp.ca_file, Some(dir.path().join("ca.pem")));
+    assert_eq!(
+        corp.bind_password_file,
+        Some(dir.path().join("secrets/ldap"))
+    );
 }
 
 #[test]

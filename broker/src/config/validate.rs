@@ -418,7 +418,7 @@ fn validate_plugins(config: &Config) -> Result<(), Invalid> {
                 });
             }
         }
-        validate_grants(i, &p.grants)?;
+        validate_grants(i, p)?;
     }
     Ok(())
 }
@@ -426,8 +426,9 @@ fn validate_plugins(config: &Config) -> Result<(), Invalid> {
 /// Most files one plugin may be granted.
 const MAX_GRANTED_FILES: usize = 32;
 
-/// The `files`, `password` and `http` grants of `plugin[i]`.
-fn validate_grants(i: usize, grants: &crate::config::Grants) -> Result<(), Invalid> {
+/// The `files`, `password`, `http` and `ldap` grants of `plugin[i]`.
+fn validate_grants(i: usize, plugin: &crate::config::PluginConfig) -> Result<(), Invalid> {
+    let grants = &plugin.grants;
     let at = |keys: &[&str]| {
         keys.iter().fold(
             KeyPath::keys(&["plugin"])
@@ -447,12 +448,7 @@ fn validate_grants(i: usize, grants: &crate::config::Grants) -> Result<(), Inval
             });
         }
         for (name, path) in files {
-            let fine = !name.is_empty()
-                && name.len() <= 64
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-            if !fine {
+            if !is_grant_name(name) {
                 return Err(Invalid {
                     path: at(&["files"]),
                     message: format!(
@@ -485,7 +481,42 @@ fn validate_grants(i: usize, grants: &crate::config::Grants) -> Result<(), Inval
             Invalid { path, message }
         })?;
     }
+    if let Some(ldap) = &grants.ldap {
+        if ldap.is_empty() {
+            return Err(Invalid {
+                path: at(&["ldap"]),
+                message: "name at least one directory: [plugin.grants.ldap.NAME] with its url"
+                    .into(),
+            });
+        }
+        for (name, directory) in ldap {
+            if !is_grant_name(name) {
+                return Err(Invalid {
+                    path: at(&["ldap", name.as_str()]),
+                    message: format!(
+                        "a directory's name must be 1 to 64 letters, digits, '-', '_' or '.', \
+                         got {name:?}"
+                    ),
+                });
+            }
+            directory
+                .check(plugin.authenticate_timeout_ms)
+                .map_err(|(key, message)| Invalid {
+                    path: at(&["ldap", name.as_str(), key]),
+                    message,
+                })?;
+        }
+    }
     Ok(())
+}
+
+/// A name a plugin asks for a granted thing by (a file, a directory).
+fn is_grant_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// The admin API: loopback unless allowed, one source of the token, a token worth the name.

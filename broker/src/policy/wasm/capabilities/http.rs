@@ -36,9 +36,7 @@ use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
-use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use url::{Host, Url};
@@ -547,32 +545,9 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
             .any(|&(net, len)| bits >> (128 - len) == net >> (128 - len))
 }
 
-/// rustls with the process's crypto provider (aws-lc-rs, as the listeners), the system's
-/// trusted roots and the grant's own CA certificates, speaking HTTP/1.1.
+/// rustls as every capability sets it up (`super::tls`), speaking HTTP/1.1.
 fn tls_connector(ca_file: Option<&std::path::Path>) -> Result<TlsConnector, String> {
-    let mut roots = RootCertStore::empty();
-    // A system without a certificate store still works with `ca_file`.
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    if let Some(path) = ca_file {
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!("ca_file {}: no certificate in it", path.display()));
-        }
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = super::tls::client_config(ca_file, vec![b"http/1.1".to_vec()])?;
     Ok(TlsConnector::from(Arc::new(config)))
 }
 

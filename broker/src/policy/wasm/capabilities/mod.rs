@@ -12,7 +12,12 @@
 //! - `password`: password hashes checked on a bounded blocking pool ([`PasswordPool`]).
 //! - [`http`]: outgoing HTTP(S) to granted origins, checked after name resolution and on
 //!   every redirect ([`http::HttpClient`]).
-//! - `sql`, `ldap`: declared in the contract, refused until implemented.
+//! - [`ldap`]: simple binds and searches on granted directories (plain, LDAPS, StartTLS),
+//!   searches on pooled service-account connections, each bind on a connection of its own
+//!   ([`ldap::Directories`]).
+//! - `sql`: declared in the contract, refused until implemented.
+//!
+//! `tls` holds the TLS client settings `http` and `ldap` share.
 //!
 //! What a plugin was granted lives in [`Granted`], one per plugin, shared by its generations;
 //! only the file snapshot belongs to a generation.
@@ -20,9 +25,10 @@
 mod files;
 pub mod http;
 mod kv;
-mod ldap;
+pub mod ldap;
 mod password;
 mod sql;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -47,10 +53,12 @@ pub struct Granted {
     pub files: Option<Arc<BTreeMap<String, PathBuf>>>,
     pub(in crate::policy::wasm) password: Option<PasswordPool>,
     pub(in crate::policy::wasm) http: Option<http::HttpClient>,
+    pub(in crate::policy::wasm) ldap: Option<ldap::Directories>,
 }
 
 impl Granted {
-    /// Fails if a grant refers to something that cannot be had (an `http` grant's `ca_file`).
+    /// Fails if a grant refers to something that cannot be had (a `ca_file`, an `ldap`
+    /// grant's `bind_password_file`).
     pub fn new(grants: &Grants) -> Result<Granted, LoadError> {
         let http = grants
             .http
@@ -61,11 +69,21 @@ impl Granted {
                 capability: "http",
                 why,
             })?;
+        let ldap = grants
+            .ldap
+            .as_ref()
+            .map(ldap::Directories::new)
+            .transpose()
+            .map_err(|why| LoadError::Grant {
+                capability: "ldap",
+                why,
+            })?;
         Ok(Granted {
             kv: grants.kv.as_ref().map(|g| Mutex::new(KvSpace::new(g))),
             files: grants.files.clone().map(Arc::new),
             password: grants.password.as_ref().map(PasswordPool::new),
             http,
+            ldap,
         })
     }
 
