@@ -23,6 +23,7 @@ mod hotswap;
 mod hotswap_cli;
 mod interop;
 mod jwt;
+mod ldap;
 mod limits;
 mod malformed;
 mod plugin_faults;

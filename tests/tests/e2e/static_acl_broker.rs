@@ -76,7 +76,7 @@ impl Files {
 }
 
 /// Publishes at QoS 1 and returns the PUBACK's reason code.
-async fn puback(c: &mut RawClient, packet_id: u16, topic: &str) -> ReasonCode {
+pub async fn puback(c: &mut RawClient, packet_id: u16, topic: &str) -> ReasonCode {
     c.send(&raw_publish(topic, b"x", QoS::AtLeastOnce, Some(packet_id)))
         .await;
     match c.recv().await {
@@ -85,7 +85,7 @@ async fn puback(c: &mut RawClient, packet_id: u16, topic: &str) -> ReasonCode {
     }
 }
 
-async fn connack(
+pub async fn connack(
     b: &TestBroker,
     version: ProtocolVersion,
     user: &str,

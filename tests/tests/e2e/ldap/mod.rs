@@ -1,0 +1,7 @@
+//! The bundled `ldap` plugin against a real OpenLDAP server started by the tests (`slapd`):
+//! hook by hook through the SDK's harness (`unit`), and behind a real broker with real MQTT
+//! clients (`broker`).
+
+mod broker;
+mod slapd;
+mod unit;
