@@ -6,7 +6,8 @@
 //! The directory: `dc=example,dc=org` with people alice (group operators), bob (group
 //! viewers), carol (in no group entry, but her `seeAlso` attribute names operators, which the
 //! tests read as a `memberOf`) and `a*b` (a user whose name needs escaping), and the service
-//! account `cn=mqtt,ou=services` that the broker searches as. slapd is required: a machine
+//! account `cn=mqtt,ou=services` that the broker searches as; only it may read the groups, so
+//! a search that ran as a user (after a user's bind) would find none. slapd is required: a machine
 //! without it fails the tests (CI installs it), it never skips them.
 
 use std::path::{Path, PathBuf};
@@ -147,6 +148,7 @@ impl Slapd {
              rootpw {ROOT_PW}\n\
              directory {root}/db\n\
              access to attrs=userPassword by self write by anonymous auth by * none\n\
+             access to dn.subtree=\"ou=groups,{SUFFIX}\" by dn.exact=\"{SERVICE_DN}\" read by * none\n\
              access to * by users read by * none\n",
             root = root.display()
         );
