@@ -450,3 +450,31 @@ async fn configuration_errors_say_what_is_wrong() {
         assert!(e.contains(why), "expected {why:?} in {e:?}");
     }
 }
+
+/// The configuration example of the plugin's README is a valid broker configuration, and the
+/// plugin accepts its `[plugin.config]`.
+#[tokio::test]
+async fn the_readme_example_is_a_valid_configuration() {
+    let readme = include_str!("../../../../plugins/ldap/README.md");
+    let example = readme
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README has a toml example");
+    let config = moat::config::Config::from_str_named(example, "plugins/ldap/README.md")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let plugin = &config.plugin_chain[0];
+    assert_eq!(plugin.bundled.as_deref(), Some("ldap"));
+    let corp = &plugin.grants.ldap.as_ref().unwrap()["corp"];
+    assert_eq!(corp.url, "ldaps://ldap.example.org");
+    let p = load(
+        &Value::Object(plugin.config.clone()),
+        &grants(directory("ldap://127.0.0.1:1".into())),
+    )
+    .await;
+    // The directory of this grant does not exist: the example's deny on a backend error.
+    assert_eq!(
+        refused(&p, "alice", "pw").await,
+        ReasonCode::SERVER_UNAVAILABLE
+    );
+}
