@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use super::slot::Slot;
 use crate::config::{Config, PluginConfig};
-use crate::policy::wasm::{DiskCache, Generation, Limits, LoadError, PluginContext, bundled};
+use crate::policy::wasm::{
+    Compiling, DiskCache, Generation, Limits, LoadError, PluginContext, bundled,
+};
 
 /// A plugin could not be loaded into the chain.
 #[derive(Debug, thiserror::Error)]
@@ -120,13 +122,15 @@ fn new_context(spec: &PluginConfig) -> Result<Arc<PluginContext>, LoadError> {
 }
 
 /// Loads generation `number` of the plugin `spec` declares from `bytes` (already checked
-/// against the pin), sharing `ctx` with the generations before it.
+/// against the pin), sharing `ctx` with the generations before it. A component no cache holds
+/// is compiled as `compiling` says: on all cores at start, in the background during a swap.
 pub(super) async fn load_generation(
     spec: &PluginConfig,
     number: u64,
     bytes: &[u8],
     ctx: Arc<PluginContext>,
     disk: Option<&DiskCache>,
+    compiling: Compiling,
 ) -> Result<Arc<Generation>, LoadError> {
     let config_json = serde_json::Value::Object(spec.config.clone()).to_string();
     Generation::load(
@@ -137,6 +141,7 @@ pub(super) async fn load_generation(
         limits(spec),
         ctx,
         disk,
+        compiling,
     )
     .await
 }
@@ -191,19 +196,22 @@ pub(super) async fn load_slot_from(
     bytes: Option<Vec<u8>>,
     first: u64,
     disk: Option<&DiskCache>,
+    compiling: Compiling,
 ) -> Result<Slot, ChainError> {
     let given = bytes.is_some();
     let bytes = checked_bytes(spec, bytes)?;
     let ctx = new_context(spec).map_err(load_failed(spec, given))?;
-    let generation = load_generation(spec, first, &bytes, ctx, disk)
+    let generation = load_generation(spec, first, &bytes, ctx, disk, compiling)
         .await
         .map_err(load_failed(spec, given))?;
     Ok(Slot::new(spec.clone(), generation))
 }
 
+/// A slot for `spec` as the broker starts (nothing is being decided yet: compiling may take
+/// every core).
 pub(super) async fn load_slot(
     spec: &PluginConfig,
     disk: Option<&DiskCache>,
 ) -> Result<Slot, ChainError> {
-    load_slot_from(spec, None, 1, disk).await
+    load_slot_from(spec, None, 1, disk, Compiling::AllCores).await
 }

@@ -3,7 +3,8 @@
 //!
 //! Every change follows the same steps, one change at a time:
 //! 1. **Prepare, off the decision path**: read the bytes, check the configuration's `sha256`
-//!    pin, compile (or load the compiled form from the cache), instantiate, call `init`, fill
+//!    pin, compile (or load the compiled form from the cache; a compile runs on one thread at
+//!    the lowest priority, so decisions keep the cores), instantiate, call `init`, fill
 //!    the instance pool to `min_instances`, then a **self-check**: each authorize hook the new
 //!    generation serves (and `on-connect`) is called once with a probe client
 //!    (`$moat-self-check` on listener `$self-check`, topic and filter `moat/self-check`). Any
@@ -31,7 +32,7 @@ use super::{Chain, ChainError, Layout, Slot, default_chain};
 use crate::codec::{ProtocolVersion, QoS};
 use crate::config::{Config, PluginConfig};
 use crate::message::{Message, MessageProperties};
-use crate::policy::wasm::{Failure, Generation, Hooks, PluginContext, hex};
+use crate::policy::wasm::{Compiling, Failure, Generation, Hooks, PluginContext, hex};
 use crate::policy::{ClientInfo, Identity, PublishKind};
 
 /// What a change put in service.
@@ -158,7 +159,8 @@ impl Chain {
         if position > len {
             return Err(SwapError::Position { position, len });
         }
-        let slot = Arc::new(load_slot_from(&spec, bytes, 1, self.disk()).await?);
+        let slot =
+            Arc::new(load_slot_from(&spec, bytes, 1, self.disk(), Compiling::Background).await?);
         let generation = slot.generation();
         self_check(&generation).await?;
         let mut slots = layout.slots.clone();
@@ -253,8 +255,15 @@ impl Chain {
                 }
                 _ => {
                     let first = current.map_or(1, |s| s.take_generation_number());
-                    let slot =
-                        Arc::new(load_slot_from(spec, Some(bytes), first, self.disk()).await?);
+                    let slot = load_slot_from(
+                        spec,
+                        Some(bytes),
+                        first,
+                        self.disk(),
+                        Compiling::Background,
+                    )
+                    .await?;
+                    let slot = Arc::new(slot);
                     self_check(&slot.generation()).await?;
                     fresh.push(slot.clone());
                     slots.push(slot);
@@ -376,7 +385,7 @@ async fn prepare(
 ) -> Result<Arc<Generation>, SwapError> {
     let given = bytes.is_some();
     let bytes = checked_bytes(spec, bytes)?;
-    let generation = load_generation(spec, number, &bytes, ctx, disk)
+    let generation = load_generation(spec, number, &bytes, ctx, disk, Compiling::Background)
         .await
         .map_err(load_failed(spec, given))?;
     self_check(&generation).await?;

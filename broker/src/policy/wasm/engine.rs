@@ -13,6 +13,15 @@
 //! Compiled components are kept in memory (keyed by the SHA-256 of their bytes, so twenty
 //! brokers in one test process compile a plugin once) and on disk ([`super::disk_cache`]), so a
 //! restart loads native code instead of compiling.
+//!
+//! Two ways to compile ([`Compiling`]). At start nothing else waits for the cores, so cranelift
+//! compiles a component's functions in parallel on all of them. During a swap the broker is
+//! serving, and decisions must not wait behind the compiler (on two cores, a parallel compile
+//! stalled decisions by 30-80 ms): the component is compiled on one thread of its own, at the
+//! lowest scheduling priority (nice 19), by a second engine whose only difference is
+//! `parallel_compilation(false)`, and its output loaded into the main engine. Parallelism does
+//! not change the compiled code or what wasmtime checks when loading it, so the code is the
+//! same as the main engine's own (the disk cache stores it under the same key).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +43,9 @@ pub(super) const TICK: Duration = Duration::from_millis(1);
 /// The process-wide runtime: engine, linker with the host imports, ticker, compiled components.
 pub struct Runtime {
     pub(super) engine: Engine,
+    /// The engine swaps compile with: the main engine's settings, on one thread. Made at the
+    /// first swap that compiles.
+    background: OnceLock<Result<Engine, String>>,
     pub(super) linker: Linker<HostState>,
     ticker: Ticker,
     compiled: Mutex<HashMap<[u8; 32], Component>>,
@@ -52,15 +64,22 @@ impl Runtime {
             .map_err(|e| LoadError::Engine(e.clone()))
     }
 
-    fn new() -> Result<Runtime, LoadError> {
+    /// The engine settings (see the module doc); `parallel` is the only one that may differ
+    /// between the two engines.
+    fn config(parallel: bool) -> Config {
         let mut config = Config::new();
         config
             .wasm_component_model(true)
             .concurrency_support(false)
             .epoch_interruption(true)
             .cranelift_opt_level(OptLevel::Speed)
-            .parallel_compilation(true);
-        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+            .parallel_compilation(parallel);
+        config
+    }
+
+    fn new() -> Result<Runtime, LoadError> {
+        let engine =
+            Engine::new(&Runtime::config(true)).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let linker =
             super::host::linker(&engine).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let fingerprint = {
@@ -72,6 +91,7 @@ impl Runtime {
         let ticker = Ticker::start(engine.clone());
         Ok(Runtime {
             engine,
+            background: OnceLock::new(),
             linker,
             ticker,
             compiled: Mutex::new(HashMap::new()),
@@ -79,12 +99,41 @@ impl Runtime {
         })
     }
 
-    /// The compiled form of `bytes`: from memory, from the disk cache, or compiled now (and
-    /// then stored in both).
-    pub(super) fn compile(
+    /// The compiled form of `bytes`: from memory, from the disk cache, or compiled now as
+    /// `compiling` says (and then stored in both). Runs off the async workers: on the blocking
+    /// pool, or for [`Compiling::Background`] on a thread of its own.
+    pub(super) async fn compile(
+        self: &'static Arc<Self>,
+        bytes: &[u8],
+        disk: Option<&DiskCache>,
+        compiling: Compiling,
+    ) -> Result<(Component, [u8; 32]), LoadError> {
+        let (bytes, disk) = (bytes.to_vec(), disk.cloned());
+        let work = move || self.compile_now(&bytes, disk.as_ref(), compiling);
+        match compiling {
+            Compiling::AllCores => tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|e| LoadError::Compile(e.to_string()))?,
+            Compiling::Background => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                std::thread::Builder::new()
+                    .name("moat-plugin-compile".into())
+                    .spawn(move || {
+                        lower_priority();
+                        let _ = tx.send(work());
+                    })
+                    .map_err(|e| LoadError::Compile(format!("cannot start a thread: {e}")))?;
+                rx.await
+                    .map_err(|_| LoadError::Compile("the compiling thread panicked".into()))?
+            }
+        }
+    }
+
+    fn compile_now(
         &self,
         bytes: &[u8],
         disk: Option<&DiskCache>,
+        compiling: Compiling,
     ) -> Result<(Component, [u8; 32]), LoadError> {
         let hash: [u8; 32] = Sha256::digest(bytes).into();
         if let Some(c) = self.compiled.lock().get(&hash) {
@@ -95,13 +144,30 @@ impl Runtime {
         let component = match cached {
             Some(c) => c,
             None => {
-                let c = Component::new(&self.engine, bytes)
-                    .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-                if let Some(d) = disk {
-                    match c.serialize() {
-                        Ok(native) => d.store(&key, &native),
-                        Err(e) => tracing::warn!(error = %e, "cannot serialize a compiled plugin"),
+                let (c, native) = match compiling {
+                    Compiling::AllCores => {
+                        let c = Component::new(&self.engine, bytes)
+                            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+                        let native = disk.map(|_| c.serialize());
+                        (c, native)
                     }
+                    Compiling::Background => {
+                        let native = self.compile_on_one_thread(bytes)?;
+                        // SAFETY: `native` is what wasmtime compiled from `bytes` a moment ago in
+                        // this process, never stored anywhere else, by an engine with the main
+                        // engine's settings (the module doc); wasmtime checks that again.
+                        #[allow(unsafe_code)]
+                        let c = unsafe { Component::deserialize(&self.engine, &native) }
+                            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+                        (c, Some(Ok(native)))
+                    }
+                };
+                match (disk, native) {
+                    (Some(d), Some(Ok(native))) => d.store(&key, &native),
+                    (_, Some(Err(e))) => {
+                        tracing::warn!(error = %e, "cannot serialize a compiled plugin")
+                    }
+                    _ => {}
                 }
                 c
             }
@@ -110,9 +176,41 @@ impl Runtime {
         Ok((component, hash))
     }
 
+    /// Compiles `bytes` with the one-thread engine; the native code, for the main engine.
+    fn compile_on_one_thread(&self, bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
+        let engine = self
+            .background
+            .get_or_init(|| Engine::new(&Runtime::config(false)).map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| LoadError::Engine(e.clone()))?;
+        engine
+            .precompile_component(bytes)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))
+    }
+
     /// Marks a call in flight (the ticker runs while any is); ends when the guard drops.
     pub(super) fn enter(&self) -> InFlight<'_> {
         self.ticker.enter()
+    }
+}
+
+/// How to compile a component that no cache holds; see the module doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compiling {
+    /// On every core at normal priority: nothing is being decided (start, tests).
+    AllCores,
+    /// On one thread at the lowest priority: the broker is serving (a swap).
+    Background,
+}
+
+/// Gives the calling thread the lowest scheduling priority (nice 19), so that any runnable
+/// broker thread goes first. Linux only: there the nice value belongs to a thread, and
+/// `setpriority` for "the calling process" (who = 0) changes the calling thread's; elsewhere
+/// it would lower the whole process.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(None, 19) {
+        tracing::debug!(error = %e, "cannot lower the compiling thread's priority");
     }
 }
 
@@ -196,5 +294,44 @@ pub(super) struct InFlight<'a>(&'a AtomicUsize);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-thread engine's output is what the main engine loads, from memory and from the
+    /// disk cache (a restart after a swap that compiled).
+    #[tokio::test]
+    async fn a_background_compile_serves_and_is_cached_for_the_main_engine() {
+        let runtime: &'static Arc<Runtime> = Box::leak(Box::new(Arc::new(Runtime::new().unwrap())));
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = DiskCache::open(&tmp.path().join("cache")).unwrap();
+        let bytes = super::super::bundled::get("allow-anonymous").unwrap();
+        let (component, hash) = runtime
+            .compile(bytes, Some(&disk), Compiling::Background)
+            .await
+            .expect("compiled on the background thread");
+        super::super::version::check(&component).expect("a policy component");
+        let key = format!("{}-{}", hex(&hash), runtime.fingerprint);
+        assert!(
+            disk.load(&runtime.engine, &key).is_some(),
+            "the main engine loads what the background engine compiled"
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn only_the_compiling_thread_gets_the_lowest_priority() {
+        // On Linux, "the calling process" is the calling thread.
+        let nice = || rustix::process::getpriority_process(None).unwrap();
+        let before = nice();
+        let compiling = std::thread::spawn(move || {
+            lower_priority();
+            nice()
+        });
+        assert_eq!(compiling.join().unwrap(), 19);
+        assert_eq!(nice(), before, "the other threads keep theirs");
     }
 }

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 use super::plugin::{Generation, Limits};
-use super::{LoadError, PluginContext};
+use super::{Compiling, LoadError, PluginContext};
 use crate::codec::{ProtocolVersion, QoS};
 use crate::config::{Grants, KvGrant};
 use crate::message::{Message, MessageProperties};
@@ -82,8 +82,17 @@ impl Harness {
             Arc::new(AtomicU64::new(0)),
             grants,
         )?);
-        let generation =
-            Generation::load(name, 1, bytes, config.to_owned(), limits, ctx, None).await?;
+        let generation = Generation::load(
+            name,
+            1,
+            bytes,
+            config.to_owned(),
+            limits,
+            ctx,
+            None,
+            Compiling::AllCores,
+        )
+        .await?;
         Ok(Harness { generation })
     }
 

@@ -41,7 +41,7 @@ use std::path::PathBuf;
 pub use calls::{Answer, AuthStep, Decision, SubscribeDecision};
 pub use capabilities::{FileSnapshot, new_password_hash, new_scram_verifier};
 pub use disk_cache::DiskCache;
-pub use engine::{Runtime, hex};
+pub use engine::{Compiling, Runtime, hex};
 pub use harness::Harness;
 pub use host::PluginContext;
 pub use plugin::{Failure, Generation, Limits, Stats};

@@ -28,7 +28,7 @@ use super::bindings::moat::policy::types as wit;
 use super::bindings::{Plugin as Bindings, PluginPre};
 use super::capabilities::FileSnapshot;
 use super::disk_cache::DiskCache;
-use super::engine::Runtime;
+use super::engine::{Compiling, Runtime};
 use super::hook_stats::HookStats;
 use super::host::{HostState, Overrun, PluginContext};
 use super::pool::{Instance, Pool};
@@ -157,8 +157,10 @@ impl Drop for Lease<'_> {
 }
 
 impl Generation {
-    /// Compiles, instantiates and initialises a plugin; fails without side effects if any step
-    /// does. The granted files are read for it (a snapshot its instances share).
+    /// Compiles (as `compiling` says), instantiates and initialises a plugin; fails without
+    /// side effects if any step does. The granted files are read for it (a snapshot its
+    /// instances share).
+    #[allow(clippy::too_many_arguments)]
     pub async fn load(
         name: Arc<str>,
         number: u64,
@@ -167,16 +169,11 @@ impl Generation {
         limits: Limits,
         ctx: Arc<PluginContext>,
         disk: Option<&DiskCache>,
+        compiling: Compiling,
     ) -> Result<Arc<Generation>, LoadError> {
         let runtime = Runtime::shared()?;
-        let (component, hash) = {
-            // Compiling a large component takes seconds: keep it off the async workers.
-            let bytes = bytes.to_vec();
-            let disk = disk.cloned();
-            tokio::task::spawn_blocking(move || runtime.compile(&bytes, disk.as_ref()))
-                .await
-                .map_err(|e| LoadError::Compile(e.to_string()))??
-        };
+        // Compiling a large component takes seconds: off the async workers.
+        let (component, hash) = runtime.compile(bytes, disk, compiling).await?;
         super::version::check(&component)?;
         let pre = instantiate_pre(runtime, &component)?;
         let files = read_files(&ctx).await?;
