@@ -59,8 +59,10 @@ pub struct Shared {
     /// Retained-message and persistent-session quotas (`quotas.rs`).
     pub quotas: quotas::Quotas,
     /// Client identifiers the operator banned (`crate::admin`): refused at CONNECT with 0x8A.
-    /// Kept in memory only.
+    /// Journaled to the store ([`Change::Banned`]), restored at start.
     pub bans: RwLock<std::collections::HashSet<ByteString>>,
+    /// Changes of the plugin chain, for handshakes that straddle one (`crate::admin`).
+    pub policy_changes: crate::admin::PolicyChanges,
     pub shutdown: CancellationToken,
     pub started: Instant,
     tasks: TaskTracker,
@@ -641,7 +643,11 @@ impl Shared {
     }
 
     /// Publishes the broker's own `$SYS` topics, retained (as Mosquitto does).
-    async fn publish_sys(&self, loads: &mut crate::sys::LoadAverages) {
+    async fn publish_sys(
+        &self,
+        loads: &mut crate::sys::LoadAverages,
+        plugin_topics: &mut crate::sys::PluginTopics,
+    ) {
         let snapshot = self.metrics.snapshot();
         loads.tick(&snapshot, self.config.sys.interval);
         let mut topics: Vec<(std::borrow::Cow<'static, str>, String)> =
@@ -650,7 +656,11 @@ impl Shared {
                 .chain(loads.topics())
                 .map(|(t, v)| (t.into(), v))
                 .collect();
-        topics.extend(self.policy.status().into_iter().map(|(t, v)| (t.into(), v)));
+        let status = self.policy.status();
+        // An empty retained message clears the topic.
+        let gone = plugin_topics.gone(&status);
+        topics.extend(status.into_iter().map(|(t, v)| (t.into(), v)));
+        topics.extend(gone.into_iter().map(|t| (t.into(), String::new())));
         for (topic, payload) in topics {
             let message = Arc::new(Message {
                 topic: ByteString::from(&*topic),
@@ -837,6 +847,7 @@ impl Broker {
             admission,
             quotas: quotas::Quotas::default(),
             bans: RwLock::new(std::collections::HashSet::new()),
+            policy_changes: Default::default(),
             shutdown: CancellationToken::new(),
             started: Instant::now(),
             tasks: TaskTracker::new(),
@@ -890,9 +901,17 @@ impl Broker {
             shared.tasks.spawn(async move {
                 let mut tick = tokio::time::interval(s.config.sys.interval);
                 let mut loads = crate::sys::LoadAverages::default();
+                let mut plugin_topics = {
+                    let mut restored = Vec::new();
+                    let filter = format!("{}#", crate::sys::PLUGIN_TOPICS);
+                    s.retained
+                        .read()
+                        .for_each_match(&filter, |t, _| restored.push(t.to_owned()));
+                    crate::sys::PluginTopics::new(restored)
+                };
                 loop {
                     tokio::select! {
-                        _ = tick.tick() => s.publish_sys(&mut loads).await,
+                        _ = tick.tick() => s.publish_sys(&mut loads, &mut plugin_topics).await,
                         _ = s.shutdown.cancelled() => break,
                     }
                 }

@@ -8,6 +8,9 @@
 //! [`LoadAverages::topics`] as retained messages (Mosquitto publishes a value only when it
 //! changed since the last interval; the `$SYS` task may do the same by comparing payloads).
 //!
+//! The policy adds its own topics under [`PLUGIN_TOPICS`]; [`PluginTopics`] clears those that
+//! stop being published (an unloaded plugin's) at the next interval.
+//!
 //! Not published: Mosquitto's heap sizes, build timestamp, store byte counts and the
 //! deprecated `clients/active` / `clients/inactive` aliases. Added by moat: per-cause drop
 //! counts under `$SYS/broker/publish/messages/dropped/<cause>`, `$SYS/broker/clients/slow`
@@ -210,9 +213,62 @@ impl LoadAverages {
     }
 }
 
+/// Where the policy's own status topics live (`Policy::status`: per plugin, its generation,
+/// hash and counters).
+pub const PLUGIN_TOPICS: &str = "$SYS/broker/plugins/";
+
+/// The policy's status topics published at the last tick. A topic missing from the next one
+/// (its plugin was unloaded, or a counter the new generation no longer keeps) gets its
+/// retained message cleared, so that nobody reads the state of a plugin that no longer runs.
+/// Before the first tick it holds what the store brought back under [`PLUGIN_TOPICS`] (a
+/// plugin of the previous run may be gone from the configuration).
+#[derive(Debug, Clone, Default)]
+pub struct PluginTopics {
+    last: std::collections::HashSet<String>,
+}
+
+impl PluginTopics {
+    /// Starts from the topics retained now under [`PLUGIN_TOPICS`].
+    pub fn new(retained: impl IntoIterator<Item = String>) -> PluginTopics {
+        PluginTopics {
+            last: retained.into_iter().collect(),
+        }
+    }
+
+    /// Records this tick's topics and returns those of the last tick that are gone.
+    pub fn gone(&mut self, now: &[(String, String)]) -> Vec<String> {
+        let current: std::collections::HashSet<String> =
+            now.iter().map(|(t, _)| t.clone()).collect();
+        let mut gone: Vec<String> = self.last.difference(&current).cloned().collect();
+        gone.sort();
+        self.last = current;
+        gone
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plugin_topics_no_longer_published_are_reported_gone_once() {
+        let t = |v: &[&str]| -> Vec<(String, String)> {
+            v.iter().map(|t| (t.to_string(), "1".into())).collect()
+        };
+        let mut topics = PluginTopics::new(["$SYS/broker/plugins/old/calls".to_string()]);
+        assert_eq!(
+            topics.gone(&t(&[
+                "$SYS/broker/plugins/a/calls",
+                "$SYS/broker/plugins/b/calls"
+            ])),
+            ["$SYS/broker/plugins/old/calls"]
+        );
+        assert_eq!(
+            topics.gone(&t(&["$SYS/broker/plugins/a/calls"])),
+            ["$SYS/broker/plugins/b/calls"]
+        );
+        assert!(topics.gone(&t(&["$SYS/broker/plugins/a/calls"])).is_empty());
+    }
 
     fn value<'a>(topics: &'a [(&'static str, String)], name: &str) -> &'a str {
         topics

@@ -21,7 +21,7 @@
 //! | `GET /clients` | connected clients |
 //! | `POST /clients/ID/kick` | disconnect ID (0x98), keeping its session |
 //! | `POST /clients/reauthenticate` | send every client (`?plugin=NAME`: that plugin's) to authenticate again (0x98) |
-//! | `POST /clients/ID/ban`, `DELETE /clients/ID/ban`, `GET /bans` | ban a client id (0x8A at CONNECT) |
+//! | `POST /clients/ID/ban`, `DELETE /clients/ID/ban`, `GET /bans` | ban a client id (0x8A at CONNECT; kept in the store, so it outlives a restart) |
 //!
 //! A request body that starts with `\0asm` is a component; anything else non-empty is JSON.
 //! Changes answer 200 with what is now serving, or 4xx with `{"error": ...}` and leave the
@@ -310,15 +310,24 @@ impl Api {
                     format!("client {id:?} is not connected"),
                 ),
             },
-            (&Method::POST, ["clients", id, "ban"]) => {
-                c.ban(id);
-                json_reply(StatusCode::OK, &json!({ "banned": id }))
-            }
-            (&Method::DELETE, ["clients", id, "ban"]) => match c.unban(id) {
-                true => json_reply(StatusCode::OK, &json!({ "unbanned": id })),
-                false => error(
+            (&Method::POST, ["clients", id, "ban"]) => match c.ban(id).await {
+                Ok(()) => json_reply(StatusCode::OK, &json!({ "banned": id })),
+                Err(e) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("client id {id:?} is banned until the broker stops, not kept: {e}"),
+                ),
+            },
+            (&Method::DELETE, ["clients", id, "ban"]) => match c.unban(id).await {
+                Ok(true) => json_reply(StatusCode::OK, &json!({ "unbanned": id })),
+                Ok(false) => error(
                     StatusCode::NOT_FOUND,
                     format!("client id {id:?} is not banned"),
+                ),
+                Err(e) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "the ban on {id:?} is lifted until the broker stops, not for good: {e}"
+                    ),
                 ),
             },
             (&Method::GET, ["bans"]) => json_reply(StatusCode::OK, &c.bans()),

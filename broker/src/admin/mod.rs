@@ -18,6 +18,10 @@
 //! - every other connection re-checks its live subscriptions (`plugins.recheck_subscriptions`,
 //!   see `crate::session`).
 //!
+//! A client whose handshake was under way during the change gets the same rule once its
+//! session is attached ([`PolicyChanges`]): its subscriptions, restored from a persistent
+//! session, are re-checked under the new chain.
+//!
 //! Grants come only from the configuration: a plugin replaced through the API or the folder
 //! keeps the grants, limits and `[plugin.config]` of its declaration; a plugin loaded through
 //! the API that the configuration does not declare gets no grants.
@@ -29,7 +33,8 @@ mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::sync::{Arc, OnceLock, Weak};
 
 use bytestring::ByteString;
 use parking_lot::Mutex;
@@ -40,10 +45,79 @@ use crate::codec::{ProtocolVersion, ReasonCode};
 use crate::config::{Config, ConfigError, HookName, OnFailure, PluginConfig};
 use crate::policy::chain::{Chain, SwapError, Swapped};
 use crate::policy::wasm::hex;
+use crate::session::Session;
+use crate::store::{Change, StoreError};
 
 pub use client::{AdminClient, PluginAction, run_plugin_command};
 pub use http::{AdminServer, serve as serve_http};
 pub use watch::{WatchError, watch};
+
+/// Changes of the chain, counted, for the clients that were between CONNECT and an attached
+/// session when one happened.
+///
+/// [`Control::after_change`] applies the rule to the clients connected at that moment; a
+/// client still in its handshake is not among them, yet it may have been authenticated by the
+/// old chain and may resume a persistent session whose subscriptions the new chain never saw.
+/// So each handshake notes the count before it asks the policy anything
+/// ([`PolicyChanges::now`]), and once its session is attached (and so visible to any later
+/// `after_change`) looks again ([`PolicyChanges::settle_admitted`]): if the count moved, it
+/// applies the rule to itself (authenticate again, or re-check its subscriptions). Either the
+/// change counted before that second look and the connection applies the rule, or after it
+/// and `after_change` finds the connection attached: no gap.
+#[derive(Default)]
+pub struct PolicyChanges {
+    count: AtomicU64,
+    control: OnceLock<Weak<Control>>,
+}
+
+impl PolicyChanges {
+    /// The number of changes so far.
+    pub(crate) fn now(&self) -> u64 {
+        // Pairs with the fence in `bump`: the attach written before this read is seen by an
+        // `after_change` that counts after it.
+        fence(Ordering::SeqCst);
+        self.count.load(Ordering::SeqCst)
+    }
+
+    fn bump(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Called by a connection once its session is attached, with what [`PolicyChanges::now`]
+    /// said before its handshake asked the policy anything.
+    pub(crate) fn settle_admitted(&self, seen: u64, session: &Arc<Session>) {
+        if self.now() == seen {
+            return;
+        }
+        if let Some(control) = self.control.get().and_then(Weak::upgrade) {
+            tracing::debug!("the plugins changed during a handshake; applying the change to it");
+            control.apply_rule(session);
+        }
+    }
+}
+
+/// The parts of `new` that differ from the `running` configuration and that a reload does not
+/// apply: everything but the plugin chain (`[[plugin]]`) and `plugins.exhausted`. (SIGHUP also
+/// reloads the TLS listeners' certificate files, `crate::net`, but not their paths.)
+pub fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
+    let mut plugins = new.plugins.clone();
+    plugins.exhausted = running.plugins.exhausted;
+    [
+        ("[[listener]]", running.listeners != new.listeners),
+        ("[limits]", running.limits != new.limits),
+        ("[sys]", running.sys != new.sys),
+        ("[log]", running.log != new.log),
+        ("[server]", running.server != new.server),
+        ("[storage]", running.storage != new.storage),
+        ("[security]", running.security != new.security),
+        ("[plugins] (but `exhausted`)", running.plugins != plugins),
+        ("[admin]", running.admin != new.admin),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
+}
 
 /// Where the configuration came from, so that it can be read again.
 #[derive(Debug, Clone, Default)]
@@ -131,6 +205,11 @@ impl Control {
             source: Mutex::new(ConfigSource::default()),
             config: Mutex::new(config),
         });
+        let _ = control
+            .shared
+            .policy_changes
+            .control
+            .set(Arc::downgrade(&control));
         // Changes the chain makes by itself (a granted file changed) reach clients too.
         let weak = Arc::downgrade(&control);
         control.chain.on_change(move || {
@@ -210,23 +289,17 @@ impl Control {
     /// Reads the configuration file again and makes the chain what it declares (plugins,
     /// their configurations and grants, `plugins.exhausted`). A configuration that does not
     /// parse, or a plugin that does not load, leaves everything as it was. Other settings
-    /// (listeners, limits, ...) need a restart; a change to them is logged.
+    /// ([`needs_restart`]) need a restart; a change to them is logged.
     pub async fn reload(&self) -> Result<Vec<Swapped>, ReloadError> {
         let source = self.source.lock().clone();
         let path = source.path.as_ref().ok_or(ReloadError::NoFile)?;
         let mut config = Config::load(path)?;
         config.apply_listen_overrides(&source.listen);
         let swapped = self.chain.apply(&config).await?;
-        {
-            let mut unchanged = config.clone();
-            unchanged.plugins = self.shared.config.plugins.clone();
-            unchanged.plugin_chain = self.shared.config.plugin_chain.clone();
-            if unchanged != self.shared.config {
-                tracing::warn!(
-                    "reload: settings other than [plugins] and [[plugin]] changed too; they \
-                     take effect at the next start"
-                );
-            }
+        let later = needs_restart(&self.shared.config, &config);
+        if !later.is_empty() {
+            tracing::warn!(sections = ?later,
+                "reload: these settings changed too; they take effect at the next start");
         }
         *self.config.lock() = config;
         self.after_change();
@@ -243,40 +316,52 @@ impl Control {
 
     /// Applies the rule of the module doc to every connected client.
     pub fn after_change(&self) {
-        let layout = self.chain.layout();
+        // Counted first: a connection admitted meanwhile either is found below or sees the
+        // new count once attached, and applies the rule itself (`PolicyChanges`).
+        self.shared.policy_changes.bump();
         let sessions: Vec<_> = self.shared.sessions.lock().values().cloned().collect();
         let (mut disconnected, mut rechecked) = (0, 0);
         for session in sessions {
-            let Some(who) = session.connected() else {
-                continue;
-            };
-            let identity = &who.identity;
-            let stale = identity.authenticated_by.as_ref().and_then(|by| {
-                match layout.slots.iter().find(|s| s.name == *by) {
-                    None => Some("its authenticating plugin was unloaded"),
-                    Some(slot)
-                        if slot.generation().manifest.session_state_version
-                            != identity.state_version =>
-                    {
-                        Some("its authenticating plugin changed its session-state version")
-                    }
-                    Some(_) => None,
-                }
-            });
-            match stale {
-                Some(why) => {
-                    tracing::info!(client = %who.client.client_id, why,
-                        "client must authenticate again; disconnecting it");
-                    session.disconnect(ReasonCode::ADMINISTRATIVE_ACTION);
-                    disconnected += 1;
-                }
-                None => {
-                    session.request_recheck();
-                    rechecked += 1;
-                }
+            match self.apply_rule(&session) {
+                Some(true) => disconnected += 1,
+                Some(false) => rechecked += 1,
+                None => {}
             }
         }
         tracing::debug!(disconnected, rechecked, "plugin change applied to clients");
+    }
+
+    /// The rule of the module doc for one session: `Some(true)` if its client was sent to
+    /// authenticate again, `Some(false)` if asked to re-check its subscriptions, `None` if no
+    /// client is connected to it.
+    fn apply_rule(&self, session: &Arc<Session>) -> Option<bool> {
+        let who = session.connected()?;
+        let layout = self.chain.layout();
+        let identity = &who.identity;
+        let stale = identity.authenticated_by.as_ref().and_then(|by| {
+            match layout.slots.iter().find(|s| s.name == *by) {
+                None => Some("its authenticating plugin was unloaded"),
+                Some(slot)
+                    if slot.generation().manifest.session_state_version
+                        != identity.state_version =>
+                {
+                    Some("its authenticating plugin changed its session-state version")
+                }
+                Some(_) => None,
+            }
+        });
+        match stale {
+            Some(why) => {
+                tracing::info!(client = %who.client.client_id, why,
+                    "client must authenticate again; disconnecting it");
+                session.disconnect(ReasonCode::ADMINISTRATIVE_ACTION);
+                Some(true)
+            }
+            None => {
+                session.request_recheck();
+                Some(false)
+            }
+        }
     }
 
     /// The plugins, in order, with their generations and counters.
@@ -361,20 +446,41 @@ impl Control {
         n
     }
 
-    /// Bans client id `client_id` (CONNECT refused with 0x8A Banned until unbanned or the
-    /// broker restarts) and disconnects it if connected.
-    pub fn ban(&self, client_id: &str) {
-        self.shared.bans.write().insert(ByteString::from(client_id));
+    /// Bans client id `client_id` (CONNECT refused with 0x8A Banned until unbanned, restarts
+    /// included) and disconnects it if connected (MQTT 5: 0x98 Administrative action; 0x8A is
+    /// not a DISCONNECT reason code, MQTT-3.14.2-1). The ban takes effect at once; the error
+    /// says that the store could not keep it, so it would not outlive a restart.
+    pub async fn ban(&self, client_id: &str) -> Result<(), StoreError> {
+        let id = ByteString::from(client_id);
+        let stored = {
+            // The store is told under the lock, so it keeps bans and unbans in the order
+            // they took effect.
+            let mut bans = self.shared.bans.write();
+            bans.insert(id.clone());
+            self.shared.store.apply(Change::Banned(id))
+        };
         tracing::info!(client = client_id, "client id banned by the operator");
         let session = self.shared.sessions.lock().get(client_id).cloned();
         if let Some(s) = session {
-            s.disconnect(ReasonCode::BANNED);
+            s.disconnect(ReasonCode::ADMINISTRATIVE_ACTION);
         }
+        stored.get().await
     }
 
-    /// Lifts a ban; false if there was none.
-    pub fn unban(&self, client_id: &str) -> bool {
-        self.shared.bans.write().remove(client_id)
+    /// Lifts a ban; false if there was none. An error says the store still holds the ban
+    /// (it is lifted until the next start).
+    pub async fn unban(&self, client_id: &str) -> Result<bool, StoreError> {
+        let stored = {
+            let mut bans = self.shared.bans.write();
+            if !bans.remove(client_id) {
+                return Ok(false);
+            }
+            self.shared
+                .store
+                .apply(Change::Unbanned(ByteString::from(client_id)))
+        };
+        tracing::info!(client = client_id, "ban lifted by the operator");
+        stored.get().await.map(|()| true)
     }
 
     /// The banned client ids.
@@ -388,5 +494,28 @@ impl Control {
             .collect();
         v.sort();
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_names_the_settings_that_wait_for_a_restart() {
+        let running = Config::default();
+        let mut new = running.clone();
+        new.plugins.exhausted = crate::config::Exhausted::Allow;
+        new.plugin_chain.push(PluginConfig::default());
+        assert!(
+            needs_restart(&running, &new).is_empty(),
+            "applied by a reload"
+        );
+        new.limits.max_inflight = 7;
+        new.plugins.watch_interval_ms += 1;
+        assert_eq!(
+            needs_restart(&running, &new),
+            ["[limits]", "[plugins] (but `exhausted`)"]
+        );
     }
 }

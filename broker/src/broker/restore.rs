@@ -5,7 +5,8 @@
 //! messages back into its outbound window with the packet ids they were sent with (resent with
 //! DUP when the client returns, MQTT-4.4.0-1), and its inbound QoS 2 packet ids awaiting
 //! PUBREL. An offline session's expiry continues from when it went offline; one the broker
-//! stopped under starts its expiry now. Delayed wills are published when due.
+//! stopped under starts its expiry now. Delayed wills are published when due. The operator's
+//! bans hold again.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -22,8 +23,9 @@ use crate::session::{Delivery, Session, SessionRef, SessionState};
 use crate::store::{Change, NEVER_EXPIRES, QueuedRecord, Snapshot};
 
 impl Shared {
-    /// Rebuilds retained messages, persistent sessions and delayed wills from `snapshot`.
+    /// Rebuilds retained messages, persistent sessions, delayed wills and bans from `snapshot`.
     pub(super) fn restore(self: &Arc<Self>, snapshot: Snapshot) {
+        self.bans.write().extend(snapshot.bans);
         {
             let mut index = self.retained.write();
             let mut usage = self.quotas.retained.lock();

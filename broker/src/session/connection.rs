@@ -219,6 +219,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
             server_keep_alive = Some(keep_alive);
         }
         let connack = handshake::connack(&shared, &admitted, server_keep_alive);
+        let policy_seen = admitted.policy_seen;
 
         let p = &connect.properties;
         let mut conn = Conn {
@@ -260,6 +261,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
         conn.set_identity_expiry();
         conn.kick
             .set_connected(conn.client.clone(), conn.identity.clone());
+        // The plugins may have changed since the handshake asked them: if so, the restored
+        // subscriptions are re-checked (or the client sent to authenticate again).
+        conn.shared
+            .policy_changes
+            .settle_admitted(policy_seen, &conn.me.0);
         conn.shared.metrics.client_connected();
         conn.send(&connack);
         conn.me.0.set_journaled(conn.journaled());

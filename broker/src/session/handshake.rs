@@ -302,6 +302,9 @@ pub(super) struct Admitted {
     pub session_present: bool,
     pub generation: u64,
     pub kick: Arc<Kick>,
+    /// The count of plugin changes before the policy was first asked
+    /// (`crate::admin::PolicyChanges`).
+    pub policy_seen: u64,
 }
 
 async fn admit<IO: AsyncRead + AsyncWrite + Unpin>(
@@ -395,6 +398,7 @@ async fn admit<IO: AsyncRead + AsyncWrite + Unpin>(
     if shared.bans.read().contains(&client.client_id) {
         return Err(refuse(deny(ReasonCode::BANNED, "banned by the operator")));
     }
+    let policy_seen = shared.policy_changes.now();
     if let Verdict::Deny(d) = shared.policy.on_connect(&client).get().await {
         return Err(refuse(d));
     }
@@ -476,6 +480,7 @@ async fn admit<IO: AsyncRead + AsyncWrite + Unpin>(
         session_present,
         generation,
         kick,
+        policy_seen,
     })
 }
 

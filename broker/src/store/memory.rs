@@ -1,12 +1,12 @@
 //! [`MemoryStore`]: the in-memory [`Store`], and the reference for what a store must do.
 //!
 //! It materializes the journal into maps so that `load` returns exactly what was applied; a
-//! broker restarted on the same `MemoryStore` (as the tests do) gets its retained messages and
-//! persistent sessions back. Messages are shared `Arc`s, so holding them here costs a pointer,
+//! broker restarted on the same `MemoryStore` (as the tests do) gets its retained messages,
+//! persistent sessions and bans back. Messages are shared `Arc`s, so holding them here costs a pointer,
 //! not a copy. It does not journal queued or inflight messages
 //! ([`Store::journals_messages`] is false), so the broker builds none of those changes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -28,6 +28,7 @@ pub struct MemoryStore {
 struct State {
     retained: HashMap<ByteString, Arc<Message>>,
     sessions: HashMap<ByteString, SessionRecord>,
+    bans: HashSet<ByteString>,
 }
 
 impl MemoryStore {
@@ -47,6 +48,7 @@ impl Store for MemoryStore {
         Ok(Snapshot {
             retained: state.retained.values().cloned().collect(),
             sessions: state.sessions.values().cloned().collect(),
+            bans: state.bans.iter().cloned().collect(),
             ..Snapshot::default()
         })
         .into()
@@ -74,6 +76,12 @@ impl Store for MemoryStore {
             }
             Change::SessionRemoved(id) => {
                 self.state.lock().sessions.remove(&id);
+            }
+            Change::Banned(id) => {
+                self.state.lock().bans.insert(id);
+            }
+            Change::Unbanned(id) => {
+                self.state.lock().bans.remove(&id);
             }
             // Not sent to a store that does not journal messages; nothing to keep if they are.
             Change::Routed { .. }

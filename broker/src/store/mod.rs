@@ -20,7 +20,9 @@
 //! - the progress of each queued message towards its subscriber ([`Change::Sent`] for the
 //!   packet id a QoS 2 message went out with, [`Change::Released`], [`Change::Dequeued`]) and
 //!   of inbound QoS 2 ([`Change::InboundReleased`]);
-//! - will messages waiting out a will delay ([`Change::WillScheduled`], [`Change::WillRemoved`]).
+//! - will messages waiting out a will delay ([`Change::WillScheduled`], [`Change::WillRemoved`]);
+//! - the client ids the operator banned ([`Change::Banned`], [`Change::Unbanned`]; see
+//!   `crate::admin`): a ban holds until it is lifted, restarts included.
 //!
 //! Order is part of the contract: a store applies changes in the order `apply` was *called*,
 //! not the order the returned [`Pending`]s are awaited, and a change is durable only once every
@@ -164,6 +166,10 @@ pub enum Change {
     WillScheduled(WillRecord),
     /// A will was published or cancelled.
     WillRemoved(ByteString),
+    /// The operator banned a client id.
+    Banned(ByteString),
+    /// The operator lifted a ban.
+    Unbanned(ByteString),
 }
 
 /// What a store holds, read once at start. Sessions, queued messages and wills whose expiry
@@ -177,6 +183,8 @@ pub struct Snapshot {
     /// Inbound QoS 2 packet ids awaiting PUBREL, by client.
     pub inbound_qos2: Vec<(ByteString, u16)>,
     pub wills: Vec<WillRecord>,
+    /// Banned client ids.
+    pub bans: Vec<ByteString>,
     /// The next journal sequence number to hand out.
     pub next_seq: u64,
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::harness::{RawClient, TestBroker, raw_connect_packet, raw_publish};
 use crate::plugins::{start_chain, test_policy};
 
-const METHOD: &str = "TEST-CHALLENGE";
+pub(crate) const METHOD: &str = "TEST-CHALLENGE";
 
 async fn broker() -> TestBroker {
     start_chain(vec![test_policy(
@@ -41,7 +41,7 @@ fn enhanced_connect(id: &str) -> Connect {
 }
 
 /// The next packet, which must be AUTH 0x18 with the method and the plugin's challenge.
-async fn expect_challenge(c: &mut RawClient) {
+pub(crate) async fn expect_challenge(c: &mut RawClient) {
     match c.recv().await {
         Some(Packet::Auth(a)) => {
             assert_eq!(a.reason_code, ReasonCode::CONTINUE_AUTHENTICATION);
@@ -55,18 +55,23 @@ async fn expect_challenge(c: &mut RawClient) {
     }
 }
 
-async fn connected(b: &TestBroker, id: &str, user: &str) -> RawClient {
-    let mut c = RawClient::connect(b.addr, ProtocolVersion::V5).await;
-    c.send(&Packet::Connect(Box::new(enhanced_connect(id))))
-        .await;
-    expect_challenge(&mut c).await;
+/// Answers the plugin's challenge as `user`; the broker's next packet.
+pub(crate) async fn answer_as(c: &mut RawClient, user: &str) -> Option<Packet> {
     c.send(&auth(
         ReasonCode::CONTINUE_AUTHENTICATION,
         METHOD,
         format!("response:{user}").as_bytes(),
     ))
     .await;
-    match c.recv().await {
+    c.recv().await
+}
+
+async fn connected(b: &TestBroker, id: &str, user: &str) -> RawClient {
+    let mut c = RawClient::connect(b.addr, ProtocolVersion::V5).await;
+    c.send(&Packet::Connect(Box::new(enhanced_connect(id))))
+        .await;
+    expect_challenge(&mut c).await;
+    match answer_as(&mut c, user).await {
         Some(Packet::ConnAck(ack)) => {
             assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
             // The CONNACK that ends enhanced authentication carries its method.

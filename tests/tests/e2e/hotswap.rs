@@ -28,7 +28,7 @@ const V311: ProtocolVersion = ProtocolVersion::V311;
 const TOKEN: &str = "admin-token-for-the-tests";
 
 /// `test-policy`'s component with its baked version set to `version` (seven characters).
-fn versioned(version: &str) -> Vec<u8> {
+pub(crate) fn versioned(version: &str) -> Vec<u8> {
     assert_eq!(version.len(), 7, "a baked version is seven characters");
     let mut bytes = std::fs::read(components::TEST_POLICY).unwrap();
     let marker = b"moat-test-policy-version:";

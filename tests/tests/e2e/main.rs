@@ -11,6 +11,7 @@
 //! maps them back to the tests.
 
 mod backpressure;
+mod bans;
 mod browser;
 mod certs;
 mod conformance;
@@ -21,6 +22,7 @@ mod guests;
 mod harness;
 mod hotswap;
 mod hotswap_cli;
+mod hotswap_handshake;
 mod interop;
 mod jwt;
 mod ldap;

@@ -220,3 +220,57 @@ async fn no_sys_topics_when_disabled() {
     assert_eq!(c.recv_publish().await.topic, "marker");
     assert_eq!(broker.broker.metrics().retained_messages, 0);
 }
+
+/// A plugin's own topics (`$SYS/broker/plugins/<name>/...`) go with it: the update after it
+/// is unloaded clears its retained topics (an empty retained message), so a late subscriber
+/// finds nothing of a plugin that no longer runs. The other plugin's topics stay.
+#[tokio::test]
+async fn an_unloaded_plugins_sys_topics_are_cleared() {
+    use crate::plugins::test_policy;
+    use serde_json::json;
+    let broker = harness::start_with(|c| {
+        c.sys.interval = Duration::from_secs(1);
+        c.plugin_chain = vec![
+            test_policy(
+                "gate",
+                json!({"auth": {"anonymous": "allow"},
+                       "subscribe": [{"filter": "$SYS/#", "verdict": "allow"}]}),
+            ),
+            test_policy("extra", json!({})),
+        ];
+    })
+    .await;
+    let mut watch = Peer::connect(broker.addr, V5, "sys-plugins").await;
+    watch
+        .subscribe("$SYS/broker/plugins/extra/generation", QoS::AtMostOnce)
+        .await;
+    assert_eq!(text(&watch.recv_publish().await).1, "1");
+
+    broker
+        .broker
+        .control()
+        .unwrap()
+        .unload("extra")
+        .await
+        .unwrap();
+    until(&mut watch, |p| p.payload.is_empty().then_some(())).await;
+
+    let mut late = Peer::connect(broker.addr, V5, "sys-plugins-late").await;
+    late.subscribe("$SYS/broker/plugins/#", QoS::AtMostOnce)
+        .await;
+    let mut seen = Vec::new();
+    while let Some(p) = late.recv_publish_within(Duration::from_millis(500)).await {
+        seen.push(p.topic.to_string());
+    }
+    assert!(
+        seen.iter()
+            .any(|t| t.starts_with("$SYS/broker/plugins/gate/")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|t| t.starts_with("$SYS/broker/plugins/extra/")),
+        "{seen:?}"
+    );
+}

@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 
 use super::records::{self, MessageV1, QueuedV1, SessionV1, WillV1};
 use super::writer::Bodies;
-use super::{FORMAT, INBOUND, MESSAGES, META, QUEUE, RETAINED, SESSIONS, WILLS};
+use super::{BANS, FORMAT, INBOUND, MESSAGES, META, QUEUE, RETAINED, SESSIONS, WILLS};
 use crate::codec::QoS;
 use crate::message::Message;
 use crate::store::{NEVER_EXPIRES, QueuedRecord, Snapshot, StoreError, Target};
@@ -238,6 +238,12 @@ fn load(db: &Database) -> Result<(Snapshot, Bodies)> {
                 Some(w) => snapshot.wills.push(w),
                 None => purge.wills.push(client_id.to_owned()),
             }
+        }
+    }
+    if let Some(table) = open(&txn, BANS)? {
+        for entry in table.iter().map_err(io)? {
+            let (k, _) = entry.map_err(io)?;
+            snapshot.bans.push(ByteString::from(k.value()));
         }
     }
     drop(txn);

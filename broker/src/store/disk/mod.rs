@@ -59,6 +59,9 @@ const QUEUE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queue")
 /// Inbound QoS 2 packet ids awaiting PUBREL.
 const INBOUND: TableDefinition<(&str, u16), ()> = TableDefinition::new("inbound_qos2");
 const WILLS: TableDefinition<&str, &[u8]> = TableDefinition::new("wills");
+/// Client ids the operator banned. A database written before bans were stored has no such
+/// table, which reads as no bans: no new format number.
+const BANS: TableDefinition<&str, ()> = TableDefinition::new("bans");
 
 /// The embedded database store; see the module doc.
 pub struct DiskStore {

@@ -223,6 +223,21 @@ async fn what_was_applied_is_loaded_after_reopening() {
 }
 
 #[tokio::test]
+async fn bans_are_loaded_after_reopening_until_lifted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    apply(&store, Change::Banned("mallory".into())).await;
+    apply(&store, Change::Banned("eve".into())).await;
+    apply(&store, Change::Unbanned("eve".into())).await;
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(load(&store).bans, ["mallory"]);
+    apply(&store, Change::Unbanned("mallory".into())).await;
+    drop(store);
+    assert!(load(&open(dir.path())).bans.is_empty());
+}
+
+#[tokio::test]
 async fn a_removed_session_takes_its_queue_inbound_ids_and_will_along() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());

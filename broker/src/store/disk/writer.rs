@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use redb::{Database, ReadableTable, Table, WriteTransaction};
 
 use super::records::{self, MessageV1, QueuedV1, SessionV1, WillV1};
-use super::{INBOUND, Inner, MESSAGES, QUEUE, RETAINED, SESSIONS, WILLS};
+use super::{BANS, INBOUND, Inner, MESSAGES, QUEUE, RETAINED, SESSIONS, WILLS};
 use crate::message::Message;
 use crate::store::{Change, Target};
 
@@ -93,6 +93,7 @@ struct Tables<'t> {
     queue: Table<'t, (&'static str, u64), &'static [u8]>,
     inbound: Table<'t, (&'static str, u16), ()>,
     wills: Table<'t, &'static str, &'static [u8]>,
+    bans: Table<'t, &'static str, ()>,
 }
 
 type Result<T = ()> = std::result::Result<T, String>;
@@ -114,6 +115,7 @@ fn apply_all(
         queue: txn.open_table(QUEUE).map_err(io)?,
         inbound: txn.open_table(INBOUND).map_err(io)?,
         wills: txn.open_table(WILLS).map_err(io)?,
+        bans: txn.open_table(BANS).map_err(io)?,
     };
     for change in changes {
         apply(&mut t, bodies, change, now)?;
@@ -182,6 +184,12 @@ fn apply(t: &mut Tables<'_>, bodies: &mut Bodies, change: Change, now: (Instant,
         }
         Change::WillRemoved(client_id) => {
             t.wills.remove(&*client_id).map_err(io)?;
+        }
+        Change::Banned(client_id) => {
+            t.bans.insert(&*client_id, ()).map_err(io)?;
+        }
+        Change::Unbanned(client_id) => {
+            t.bans.remove(&*client_id).map_err(io)?;
         }
     }
     Ok(())

@@ -38,7 +38,8 @@ struct Config {
     /// decisions are dropped (`invalidate`).
     revoke_topic: Option<String>,
     /// A publish to `<version_topic>/<v>` is allowed (cached for a minute) when `v` is the
-    /// version baked into this component ([`baked`]) and denied otherwise. The baked value
+    /// version baked into this component ([`baked`]) and denied otherwise; so is a
+    /// subscription to that filter. The baked value
     /// `initerr` makes `init` fail and `trapped` makes every authorize-publish trap.
     version_topic: Option<String>,
     faults: Vec<Fault>,
@@ -413,6 +414,21 @@ impl Plugin for TestPolicy {
         sub: &Subscription,
     ) -> SubscribeVerdict {
         self.fault("subscribe", &sub.filter);
+        if let Some(v) = self.config.version_topic.as_ref().and_then(|prefix| {
+            sub.filter
+                .strip_prefix(prefix.as_str())
+                .and_then(|rest| rest.strip_prefix('/'))
+        }) {
+            return match v == baked() {
+                true => SubscribeVerdict::Allow(SubscribeGrant {
+                    check_each_delivery: false,
+                }),
+                false => SubscribeVerdict::Deny(Denial {
+                    reason: Reason::NotAuthorized,
+                    message: Some(format!("this is version {}", baked())),
+                }),
+            };
+        }
         let rule = self.rule(&self.config.subscribe, client, identity, &sub.filter, true);
         match (rule, verdict_of(rule)) {
             (Some(r), Verdict::Allow(_)) => SubscribeVerdict::Allow(SubscribeGrant {
