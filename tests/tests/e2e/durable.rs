@@ -8,10 +8,8 @@
 //! what was unfinished.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,84 +23,27 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::broker_process::BrokerProcess;
 use crate::harness::raw_connect_packet;
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
 const V311: ProtocolVersion = ProtocolVersion::V311;
 
-/// The broker process.
-struct BrokerProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl BrokerProcess {
-    /// Starts the broker on `dir` (its data directory and config) and waits until it listens.
-    /// Queues are unbounded in effect: an overflowing queue drops messages by design, which is
-    /// not what these tests are about.
-    fn start(dir: &Path) -> BrokerProcess {
-        let config = dir.join("moat.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[storage]\ndir = {:?}\n[sys]\ninterval = 0\n[log]\nfilter = \"warn,moat::broker=info\"\n\
-                 [limits]\nmax_queued_messages = 10000000\n",
-                dir.join("data")
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_moat-test-broker"))
-            .arg("--config")
-            .arg(&config)
-            .args(["--listen", "127.0.0.1:0"])
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the broker binary runs");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = listening_addr(&line) {
-                    let _ = tx.send(Ok(addr));
-                } else if line.contains("ERROR") || line.starts_with("moat:") {
-                    let _ = tx.send(Err(line));
-                }
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(Ok(addr)) => BrokerProcess { child, addr },
-            other => {
-                let _ = child.kill();
-                panic!("the broker did not start: {other:?}");
-            }
-        }
-    }
-
-    /// SIGKILL: no shutdown, no last commit.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The address in the broker's "listening" log line.
-pub(crate) fn listening_addr(line: &str) -> Option<SocketAddr> {
-    if !line.contains("listening") {
-        return None;
-    }
-    let rest = &line[line.find("addr=")? + 5..];
-    rest.split_whitespace().next()?.parse().ok()
+/// Starts the broker on `dir` (its data directory and config) and waits until it listens.
+/// Queues are unbounded in effect: an overflowing queue drops messages by design, which is
+/// not what these tests are about.
+fn start_broker(dir: &Path) -> BrokerProcess {
+    let config = dir.join("moat.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\ndir = {:?}\n[sys]\ninterval = 0\n[log]\nfilter = \"warn,moat::broker=info\"\n\
+             [limits]\nmax_queued_messages = 10000000\n",
+            dir.join("data")
+        ),
+    )
+    .unwrap();
+    BrokerProcess::start(&config, &["--listen", "127.0.0.1:0"])
 }
 
 /// A raw MQTT connection whose every failure is a value, not a panic.
@@ -392,7 +333,7 @@ async fn retained(addr: SocketAddr, topic: &str) -> Option<Bytes> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = BrokerProcess::start(dir.path());
+    let mut broker = start_broker(dir.path());
     let (addr_tx, addr) = watch::channel(broker.addr);
     set_retained(broker.addr, "crash/retained", "kept").await;
 
@@ -453,7 +394,7 @@ async fn acknowledged_messages_survive_sigkill() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         broker.kill();
         tokio::time::sleep(Duration::from_millis(200)).await;
-        broker = BrokerProcess::start(dir.path());
+        broker = start_broker(dir.path());
         addr_tx.send_replace(broker.addr);
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -595,7 +536,7 @@ async fn resume(addr: SocketAddr, client_id: &str) -> (bool, Vec<String>) {
 #[tokio::test]
 async fn what_expires_while_the_broker_is_down_is_gone_after_the_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(dir.path());
+    let broker = start_broker(dir.path());
     park_session(broker.addr, "exp-short", 2, "exp/t").await;
     park_session(broker.addr, "exp-long", 3600, "exp/t").await;
     publish_acked(broker.addr, "exp/t", "short-lived", false, Some(2)).await;
@@ -605,7 +546,7 @@ async fn what_expires_while_the_broker_is_down_is_gone_after_the_restart() {
     broker.kill();
     tokio::time::sleep(Duration::from_millis(2500)).await;
 
-    let broker = BrokerProcess::start(dir.path());
+    let broker = start_broker(dir.path());
     assert_eq!(resume(broker.addr, "exp-short").await, (false, vec![]));
     assert_eq!(
         resume(broker.addr, "exp-long").await,
@@ -625,7 +566,7 @@ async fn what_expires_while_the_broker_is_down_is_gone_after_the_restart() {
 #[tokio::test]
 async fn a_delayed_will_survives_a_crash_and_is_authorized_as_before() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(dir.path());
+    let broker = start_broker(dir.path());
     let mut connect = connect_v5("dying", true, 60);
     connect.will = Some(moat::codec::Will {
         topic: "wills/dying".into(),
@@ -643,7 +584,7 @@ async fn a_delayed_will_survives_a_crash_and_is_authorized_as_before() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     broker.kill();
 
-    let broker = BrokerProcess::start(dir.path());
+    let broker = start_broker(dir.path());
     let (mut watcher, _) = Wire::connect(broker.addr, connect_v5("watcher", true, 0))
         .await
         .expect("connects");

@@ -2,30 +2,21 @@
 //! against its admin API (token from the configuration's `token_file`), and SIGHUP rereading
 //! the configuration (a broken one keeps the running chain, and the log says why).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use moat::codec::{Packet, ProtocolVersion, QoS, ReasonCode};
 
+use crate::broker_process::{BrokerProcess, log_field};
 use crate::harness::{RawClient, raw_publish};
 use crate::plugins::components;
 
-/// The broker process, its MQTT and admin addresses, and its log lines as they come.
+/// The broker process and its admin API's address.
 struct Broker {
-    child: Child,
-    mqtt: SocketAddr,
+    process: BrokerProcess,
     admin: SocketAddr,
-    log: std::sync::mpsc::Receiver<String>,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Writes the configuration: the gate allows publishing to `t/#` when `t_verdict` says so.
@@ -47,48 +38,9 @@ fn start(dir: &Path) -> Broker {
     let token = dir.join("token");
     std::fs::write(&token, "a-token-only-the-operator-knows\n").unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_moat-test-broker"))
-        .arg("--config")
-        .arg(dir.join("moat.toml"))
-        .args(["--listen", "127.0.0.1:0"])
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the broker binary runs");
-    let (tx, log) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let field = |line: &str, key: &str| -> Option<SocketAddr> {
-        let rest = &line[line.find(key)? + key.len()..];
-        rest.split_whitespace().next()?.parse().ok()
-    };
-    let (mut mqtt, mut admin) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while mqtt.is_none() || admin.is_none() {
-        let line = log
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the broker starts");
-        if line.contains("admin API ready") {
-            admin = field(&line, "admin=");
-        } else if line.contains("listening") {
-            mqtt = field(&line, "addr=");
-        }
-    }
-    Broker {
-        child,
-        mqtt: mqtt.unwrap(),
-        admin: admin.unwrap(),
-        log,
-    }
+    let mut process = BrokerProcess::start(&dir.join("moat.toml"), &["--listen", "127.0.0.1:0"]);
+    let admin = process.wait_for(|line| log_field(line, "admin API ready", "admin="));
+    Broker { process, admin }
 }
 
 /// Runs `moat -c moat.toml plugin --admin ADDR <args>`: exit success and standard output.
@@ -124,8 +76,7 @@ async fn until_publish_is(c: &mut RawClient, want: ReasonCode) {
 }
 
 fn sighup(b: &Broker) {
-    // SAFETY: a plain kill(2) of our own child process.
-    assert_eq!(unsafe { libc::kill(b.child.id() as i32, libc::SIGHUP) }, 0);
+    b.process.signal(libc::SIGHUP);
 }
 
 /// `moat plugin` lists and replaces through the API with the configuration's token; SIGHUP
@@ -134,7 +85,7 @@ fn sighup(b: &Broker) {
 async fn the_moat_plugin_command_and_sighup_change_a_running_broker() {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), "allow");
-    let b = start(dir.path());
+    let mut b = start(dir.path());
 
     let (ok, out) = moat_plugin(dir.path(), &b, &["list"]);
     assert!(ok, "{out}");
@@ -147,7 +98,7 @@ async fn the_moat_plugin_command_and_sighup_change_a_running_broker() {
     let (ok, out) = moat_plugin(dir.path(), &b, &["replace", "gate"]);
     assert!(ok && out.contains("\"generation\":2"), "{out}");
 
-    let mut c = RawClient::connected(b.mqtt, ProtocolVersion::V5, "cli-prober", true).await;
+    let mut c = RawClient::connected(b.process.addr, ProtocolVersion::V5, "cli-prober", true).await;
     // 0x10: allowed, and nobody subscribes.
     until_publish_is(&mut c, ReasonCode::NO_MATCHING_SUBSCRIBERS).await;
 
@@ -157,20 +108,13 @@ async fn the_moat_plugin_command_and_sighup_change_a_running_broker() {
 
     std::fs::write(dir.path().join("moat.toml"), "[[plugin]]\nname = 42\n").unwrap();
     sighup(&b);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let line = b
-            .log
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the refusal is logged");
-        if line.contains("was not reloaded") {
-            assert!(
-                line.contains("moat.toml:2"),
-                "names the file and line: {line}"
-            );
-            break;
-        }
-    }
+    let line = b
+        .process
+        .wait_for(|line| line.contains("was not reloaded").then(|| line.to_owned()));
+    assert!(
+        line.contains("moat.toml:2"),
+        "names the file and line: {line}"
+    );
     until_publish_is(&mut c, ReasonCode::NOT_AUTHORIZED).await;
     write_config(dir.path(), "deny");
     let (ok, out) = moat_plugin(dir.path(), &b, &["unload", "gate"]);

@@ -12,6 +12,7 @@
 
 mod backpressure;
 mod bans;
+mod broker_process;
 mod browser;
 mod certs;
 mod conformance;

@@ -66,6 +66,24 @@ pub async fn logged_in(
     c
 }
 
+/// Asserts that `user` logging in with `password` is refused as bad credentials (0x86; 3.1.1
+/// return code 4) and the connection closed.
+pub async fn login_refused(
+    b: &TestBroker,
+    version: ProtocolVersion,
+    id: &str,
+    user: &str,
+    password: &str,
+) {
+    let (mut c, ack) = RawClient::handshake(b.addr, login(version, id, user, password)).await;
+    assert_eq!(
+        ack.reason_code,
+        expected(version, ReasonCode::BAD_USER_NAME_OR_PASSWORD, 4),
+        "{version:?} {user}"
+    );
+    assert!(c.closed().await.is_empty());
+}
+
 /// The CONNACK refusal a client sees: `v5` in MQTT 5; in 3.1.1 the return code `v311`, which
 /// the raw client decodes to its MQTT 5 equivalent (2: 0x85, 3: 0x88, 4: 0x86, 5: 0x87).
 pub fn expected(version: ProtocolVersion, v5: ReasonCode, v311: u8) -> ReasonCode {
@@ -101,14 +119,7 @@ async fn authenticate_allows_denies_and_falls_through_the_chain() {
         logged_in(&b, version, "a", "alice", "a").await;
         logged_in(&b, version, "b", "bob", "b").await;
         for (user, password) in [("alice", "wrong"), ("mallory", "m")] {
-            let (mut c, ack) =
-                RawClient::handshake(b.addr, login(version, "m", user, password)).await;
-            assert_eq!(
-                ack.reason_code,
-                expected(version, ReasonCode::BAD_USER_NAME_OR_PASSWORD, 4),
-                "{version:?} {user}"
-            );
-            assert!(c.closed().await.is_empty());
+            login_refused(&b, version, "m", user, password).await;
         }
     }
     b.stop().await;

@@ -688,7 +688,6 @@ async fn certificates_reload_without_dropping_connections() {
 /// only the signal can have done it) while a connected client carries on.
 #[tokio::test]
 async fn sighup_reloads_certificates_in_the_running_binary() {
-    use std::io::BufRead;
     let pki = Pki::new();
     let config = pki.files.write(
         "moat.toml",
@@ -700,34 +699,8 @@ async fn sighup_reloads_certificates_in_the_running_binary() {
             pki.files.path("server.key"),
         ),
     );
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_moat-test-broker"))
-        .arg("--config")
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the broker binary runs");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let addr = loop {
-        let line = rx
-            .recv_timeout(WAIT * 4)
-            .expect("the broker logs its address");
-        if let Some(addr) = crate::durable::listening_addr(&line) {
-            break addr;
-        }
-    };
+    let broker = crate::broker_process::BrokerProcess::start(&config, &[]);
+    let addr = broker.addr;
     assert_eq!(served_certificate(addr, &pki.ca).await, pki.server.der);
     let stream = certs::connect(addr, "localhost", certs::client_config(&pki.ca, None))
         .await
@@ -747,8 +720,7 @@ async fn sighup_reloads_certificates_in_the_running_binary() {
         pki.server.der,
         "no reload without SIGHUP"
     );
-    // SAFETY: kill(2) with our own child's pid and a valid signal number.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    broker.signal(libc::SIGHUP);
     let deadline = std::time::Instant::now() + WAIT;
     while served_certificate(addr, &pki.ca).await != second.der {
         assert!(
@@ -759,6 +731,4 @@ async fn sighup_reloads_certificates_in_the_running_binary() {
     }
     old.send(&moat::codec::Packet::PingReq).await;
     assert_eq!(old.recv().await, Some(moat::codec::Packet::PingResp));
-    let _ = child.kill();
-    let _ = child.wait();
 }
