@@ -266,6 +266,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
         conn.shared
             .policy_changes
             .settle_admitted(policy_seen, &conn.me.0);
+        // A ban that came after the handshake's check found no attached connection to close
+        // (`admin::Control::ban` inserts, then looks): this look, after the attach, closes
+        // the gap.
+        if conn.shared.bans.read().contains(&conn.client.client_id) {
+            conn.me.0.disconnect(ReasonCode::ADMINISTRATIVE_ACTION);
+        }
         conn.shared.metrics.client_connected();
         conn.send(&connack);
         conn.me.0.set_journaled(conn.journaled());
