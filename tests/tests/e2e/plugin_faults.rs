@@ -184,6 +184,43 @@ async fn a_plugin_that_keeps_trapping_is_throttled() {
     b.stop().await;
 }
 
+/// A burst of slow connects grows the instance pool to `max_instances` without being taken for
+/// a failing plugin: only instances that replace failed ones draw on the replacement budget
+/// (ten at once, then two a second), so a connect storm is served, not refused with 0x88.
+#[tokio::test]
+async fn a_connect_storm_grows_the_pool_without_throttling() {
+    const CLIENTS: usize = 16;
+    let mut plugin = test_policy(
+        "slow",
+        json!({"auth": {"anonymous": "allow"},
+               "faults": [{"hook": "connect", "when": "#", "kind": "spin:300"}],
+               "publish": [{"filter": "#", "verdict": "allow"}]}),
+    );
+    plugin.max_instances = CLIENTS as u32;
+    // Sixteen calls share the test's workers: give each the CPU its wall-clock spin may use.
+    plugin.cpu_budget_ms = 10_000;
+    plugin.authenticate_timeout_ms = 20_000;
+    let b = start_chain(vec![plugin]).await;
+    let storm = (0..CLIENTS).map(|i| {
+        let addr = b.addr;
+        tokio::spawn(async move {
+            let (_client, ack) =
+                RawClient::handshake(addr, raw_connect_packet(V5, &format!("c{i}"), true)).await;
+            ack.reason_code
+        })
+    });
+    for (i, code) in futures_util::future::join_all(storm)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(code.unwrap(), ReasonCode::SUCCESS, "client c{i}");
+    }
+    let created = stats(&b).stats.instances_created.load(Ordering::Relaxed);
+    assert!(created > 11, "the storm overlapped: {created} instances");
+    b.stop().await;
+}
+
 /// What the broker says when it refuses to start with `plugin`.
 async fn start_refusal(plugin: PluginConfig) -> String {
     let mut config = test_config();

@@ -136,6 +136,9 @@ pub struct Generation {
     pool: Pool,
     /// Token bucket for replacing failed instances: (tokens, last refill).
     replacements: Mutex<(f64, Instant)>,
+    /// Instances dropped after a failure and not replaced yet: creating one of these draws
+    /// on `replacements`; growing the pool towards `max_instances` under load does not.
+    failed: AtomicU64,
 }
 
 /// A loan of one instance for one call: given back if the call succeeded, dropped otherwise.
@@ -148,10 +151,12 @@ struct Lease<'g> {
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        if let Some(instance) = self.instance.take()
-            && self.healthy
-        {
-            self.generation.pool.give_back(instance);
+        if let Some(instance) = self.instance.take() {
+            if self.healthy {
+                self.generation.pool.give_back(instance);
+            } else {
+                self.generation.failed.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -192,6 +197,7 @@ impl Generation {
             config_json,
             pool: Pool::new(0),
             replacements: Mutex::new((REPLACE_BURST, Instant::now())),
+            failed: AtomicU64::new(0),
         })
         .await
     }
@@ -220,6 +226,7 @@ impl Generation {
             config_json: self.config_json.clone(),
             pool: Pool::new(0),
             replacements: Mutex::new((REPLACE_BURST, Instant::now())),
+            failed: AtomicU64::new(0),
         })
         .await
     }
@@ -368,6 +375,11 @@ impl Generation {
                 let (i, _) = self
                     .new_instance(INIT_CPU_BUDGET, INIT_TIMEOUT)
                     .await
+                    .inspect_err(|_| {
+                        // A creation that failed is owed like a failed instance: retrying it
+                        // draws on the bucket.
+                        self.failed.fetch_add(1, Ordering::Relaxed);
+                    })
                     .map_err(|e| match e {
                         InitError::Refused(m) => Failure::Instantiate(m),
                         InitError::Failed(f) => f,
@@ -383,8 +395,16 @@ impl Generation {
         })
     }
 
-    /// Draws a token to create an instance beyond the pool's initial ones.
+    /// Whether an instance may be created now: always to grow the pool (the pool's slots bound
+    /// it), and for one that replaces a failed instance, while the token bucket has a token.
     fn may_replace(&self) -> bool {
+        let replacing = self
+            .failed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if !replacing {
+            return true;
+        }
         let mut bucket = self.replacements.lock();
         let now = Instant::now();
         let refill = now.duration_since(bucket.1).as_secs_f64() * REPLACE_PER_SECOND;
@@ -394,6 +414,8 @@ impl Generation {
             bucket.0 -= 1.0;
             true
         } else {
+            // Still owed: the next creation asks the bucket again.
+            self.failed.fetch_add(1, Ordering::Relaxed);
             false
         }
     }
