@@ -13,9 +13,14 @@
 #   OUT/*.log           broker and generator logs
 #
 # Usage: bench/compare.sh [--rounds N] [--duration S] [--connections N] [--out DIR]
-#                         [--only REGEX] [--no-build] [--moat-config FILE]
+#                         [--only REGEX] [--no-build] [--moat-config FILE] [--auth]
 # --moat-config runs moat with another configuration than bench/moat.toml (e.g.
 # bench/moat-no-plugin.toml: no policy plugin consulted at all).
+# --auth makes both brokers authenticate and authorize every client from the same files
+# (bench/auth-files.sh: a Mosquitto password_file with 1,001 users and an acl_file with their
+# rules): Mosquitto with password_file/acl_file and allow_anonymous false, moat with the
+# bundled static-acl plugin granted the same two files (bench/static-acl.toml appended to the
+# moat configuration); every client connects as user "bench".
 set -euo pipefail
 
 ROUNDS=3
@@ -25,6 +30,9 @@ CONNECTIONS=10000
 OUT=""
 ONLY=""
 MOAT_CONFIG=bench/moat.toml
+MOSQ_CONFIG=bench/mosquitto.conf
+AUTH=0
+AUTH_DIR=target/bench-auth
 BUILD=1
 BROKER_CORE=0
 GEN_CORE=1
@@ -45,7 +53,8 @@ while [[ $# -gt 0 ]]; do
         --only) ONLY="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --moat-config) MOAT_CONFIG="$2"; shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        --auth) AUTH=1; shift ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -85,6 +94,19 @@ fi
 [[ -x "$MOAT" && -x "$BENCH" ]] || die "missing $MOAT or $BENCH (build first)"
 # Both configurations name these files (RSA-2048 CA and server certificate, made once).
 bench/tls-certs.sh "$TLS_DIR" || die "cannot make the TLS certificates (openssl)"
+CREDENTIALS=()
+if [[ "$AUTH" == 1 ]]; then
+    bench/auth-files.sh "$AUTH_DIR" || die "cannot make the password and ACL files"
+    # Mosquitto: the same settings, anonymous clients refused, the two files.
+    sed 's/^allow_anonymous true$/allow_anonymous false/' bench/mosquitto.conf >"$AUTH_DIR/mosquitto.conf"
+    printf 'password_file %s/passwd\nacl_file %s/acl\n' "$AUTH_DIR" "$AUTH_DIR" >>"$AUTH_DIR/mosquitto.conf"
+    MOSQ_CONFIG="$AUTH_DIR/mosquitto.conf"
+    # moat: the same settings plus the static-acl plugin (its grants name files relative to the
+    # configuration file, which is why the configuration is written beside them).
+    cat "$MOAT_CONFIG" bench/static-acl.toml >"$AUTH_DIR/moat.toml"
+    MOAT_CONFIG="$AUTH_DIR/moat.toml"
+    CREDENTIALS=(--username bench --password "$(cat "$AUTH_DIR/bench.password")")
+fi
 
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -94,6 +116,7 @@ bench/tls-certs.sh "$TLS_DIR" || die "cannot make the TLS certificates (openssl)
     echo "mosquitto: $("$MOSQUITTO" -h 2>/dev/null | head -1)"
     echo "moat: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- broker 2>/dev/null || echo ' (with uncommitted changes)')"
     echo "moat config: $MOAT_CONFIG"
+    echo "mosquitto config: $MOSQ_CONFIG"
     echo "rounds: $ROUNDS, duration: ${DURATION}s, warm-up: ${WARMUP}s, connections: $CONNECTIONS"
     echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$OUT/machine.txt"
@@ -122,7 +145,7 @@ start_broker() {
     case "$name" in
         mosquitto)
             port=$MOSQ_PORT
-            taskset -c "$BROKER_CORE" "$MOSQUITTO" -c bench/mosquitto.conf >>"$log" 2>&1 &
+            taskset -c "$BROKER_CORE" "$MOSQUITTO" -c "$MOSQ_CONFIG" >>"$log" 2>&1 &
             ;;
         moat)
             port=$MOAT_PORT
@@ -181,7 +204,7 @@ run_one() {
     if taskset -c "$GEN_CORE" "$BENCH" --json --tag "$broker" --name "$name" \
         --broker-pid "$BROKER_PID" -b "127.0.0.1:$(port_of "$broker" "$name")" $args \
         $([[ "$args" == connections* ]] && echo "--source-base $base") \
-        $([[ "$name" == TLS* ]] && echo "--tls-ca $TLS_DIR/ca.pem") \
+        $([[ "$name" == TLS* ]] && echo "--tls-ca $TLS_DIR/ca.pem") "${CREDENTIALS[@]}" \
         >>"$RESULTS" 2>>"$OUT/bench.log"; then
         tail -1 "$RESULTS" | "$BENCH" summarize - --baseline "$broker" | sed -n '3,$p' \
             | grep '^|' | cut -d'|' -f3,4 | sed 's/^/     /'

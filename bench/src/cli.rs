@@ -61,6 +61,13 @@ pub struct Global {
     /// Resume TLS sessions across connections (default: a full handshake for every one).
     #[arg(long, global = true)]
     pub tls_resume: bool,
+    /// The user name every client sends in its CONNECT (default: none).
+    #[arg(long, global = true)]
+    pub username: Option<String>,
+    /// The password every client sends; needs --username (MQTT 3.1.1 allows no password
+    /// without a user name).
+    #[arg(long, global = true, requires = "username")]
+    pub password: Option<String>,
 }
 
 impl Global {
@@ -76,6 +83,15 @@ impl Global {
             key: self.tls_key.as_deref(),
             resume: self.tls_resume,
         })
+    }
+}
+
+impl Global {
+    /// Makes every CONNECT carry `--username` and `--password`, if given.
+    pub fn apply_credentials(&self) {
+        if let Some(username) = &self.username {
+            crate::wire::set_credentials(username, self.password.as_deref());
+        }
     }
 }
 

@@ -35,6 +35,7 @@ fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
 fn run(cli: &Cli) -> Result<()> {
     let g = &cli.global;
     g.apply_tls()?;
+    g.apply_credentials();
     match cli.plan() {
         Plan::Summarize { file, baseline } => {
             let mut text = String::new();

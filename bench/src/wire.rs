@@ -7,6 +7,7 @@
 //! no `Packet` values, no allocation, no copies beyond the one into the write buffer.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -20,6 +21,22 @@ use tokio::net::{TcpSocket, TcpStream};
 
 /// How long the handshake and SUBACK may take before the run is declared failed.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The user name and password every CONNECT carries (`--username`, `--password`).
+struct Credentials {
+    username: String,
+    password: Option<Bytes>,
+}
+
+static CREDENTIALS: OnceLock<Credentials> = OnceLock::new();
+
+/// Makes every later CONNECT carry these credentials (set once, before any client connects).
+pub fn set_credentials(username: &str, password: Option<&str>) {
+    let _ = CREDENTIALS.set(Credentials {
+        username: username.to_owned(),
+        password: password.map(|p| Bytes::copy_from_slice(p.as_bytes())),
+    });
+}
 
 /// Read buffer size of a client. Large, so one read takes many packets at once.
 pub const READ_BUFFER: usize = 256 * 1024;
@@ -81,7 +98,7 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects, sends CONNECT (clean start, no will, no credentials) and waits for a
+    /// Connects, sends CONNECT (clean start, no will, the `--username`/`--password` given) and waits for a
     /// successful CONNACK. Bytes the broker sends after the CONNACK stay in `rbuf`.
     pub async fn connect(
         addr: SocketAddr,
@@ -127,8 +144,8 @@ impl Client {
             keep_alive,
             client_id: client_id.into(),
             will: None,
-            username: None,
-            password: None,
+            username: CREDENTIALS.get().map(|c| c.username.as_str().into()),
+            password: CREDENTIALS.get().and_then(|c| c.password.clone()),
             properties,
         }));
         client.send(&connect).await?;
