@@ -40,6 +40,9 @@
 //! - [`state`]: typed per-session state, postcard-encoded behind a format version.
 //! - [`topic`]: MQTT topic rules shared with the broker (matching, validation), the subset
 //!   test for filters and placeholder expansion that refuses injection.
+//! - [`acl`]: a model of topic rules (read, write, readwrite, deny; `%u` and `%c`) and the
+//!   decisions taken from it, shared by the bundled static-acl and sql plugins.
+//! - `scram` (feature `scram`): SCRAM-SHA-256 as MQTT 5 enhanced authentication.
 //! - [`log`](mod@log): logging into the broker's log.
 //! - [`ldap_text`]: escaping a user name into an LDAP DN (RFC 4514) or filter (RFC 4515), for
 //!   plugins that use the `ldap` capability.
@@ -48,12 +51,15 @@
 //! [`harness`] builds the plugin crate into a component and loads it with the broker's own
 //! engine and sandbox, to call its hooks directly (see `docs/writing-plugins.md`).
 
+pub mod acl;
 pub mod bindings;
 #[cfg(all(feature = "harness", not(target_family = "wasm")))]
 pub mod harness;
 pub mod ldap_text;
 pub mod log;
 mod plugin;
+#[cfg(feature = "scram")]
+pub mod scram;
 pub mod state;
 
 pub use plugin::{__private, Plugin};
@@ -90,6 +96,38 @@ pub fn authenticated(identity: Identity) -> AuthOutcome {
         identity,
         auth_data: None,
     })
+}
+
+/// The answer to a password login once the broker checked the password
+/// (`password::verify`): `Ok(true)` lets the client in as `identity()`; a wrong password of a
+/// `known` user, or an unknown user unless `unknown_next`, gets 0x86 Bad user name or
+/// password; an unknown user with `unknown_next` goes to the next plugin; a check that failed
+/// (a hash over the broker's cost limits, say) gets 0x88 Server unavailable and a log line
+/// naming `user`.
+pub fn password_login(
+    checked: Result<bool, CapabilityError>,
+    user: &str,
+    known: bool,
+    unknown_next: bool,
+    identity: impl FnOnce() -> Identity,
+) -> AuthOutcome {
+    let deny = |reason, message: &str| {
+        AuthOutcome::Deny(Denial {
+            reason,
+            message: Some(message.to_owned()),
+        })
+    };
+    match checked {
+        Ok(true) => authenticated(identity()),
+        Ok(false) if known || !unknown_next => {
+            deny(Reason::BadCredentials, "bad user name or password")
+        }
+        Ok(false) => AuthOutcome::Next,
+        Err(e) => {
+            warn!("checking the password of {user:?} failed: {e:?}");
+            deny(Reason::ServerUnavailable, "password check failed")
+        }
+    }
 }
 
 /// Refuses with "not authorized" and no message.

@@ -12,34 +12,22 @@
 //! MQTT 5 enhanced authentication, method `SCRAM-SHA-256` (`scram`).
 //!
 //! Layout: `mosquitto` reads Mosquitto's two formats, `native` the TOML form, both into the
-//! `rules` model, which takes the decisions; `scram` is the SCRAM exchange; this file turns
-//! them into the hooks' answers.
+//! SDK's `acl` model, which takes the decisions; the SDK's `scram` is the SCRAM exchange; this
+//! file turns them into the hooks' answers.
 
 mod mosquitto;
 mod native;
-mod rules;
-mod scram;
 
 use std::collections::HashMap;
 
+use moat_plugin_sdk::acl::{self, Asker, DeliveryChecks, Otherwise, RuleSet, Wanted};
 use moat_plugin_sdk::{
-    AuthOutcome, Authenticated, Challenge, Client, Credentials, Denial, Hooks, Identity, Plugin,
-    Publish, Reason, SubscribeGrant, SubscribeVerdict, Subscription, Verdict, allow, authenticated,
-    files, password, state,
+    AuthOutcome, Client, Credentials, Denial, Hooks, Identity, Plugin, Publish, Reason,
+    SubscribeVerdict, Subscription, Verdict, allow, authenticated, files, password, password_login,
+    scram, state,
 };
 use serde::Deserialize;
 use sha2::Digest;
-
-use rules::{Asker, Outcome, RuleSet, SubscribeOutcome, Wanted};
-
-/// `unknown_user` and `no_match`.
-#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-enum Otherwise {
-    #[default]
-    Deny,
-    Next,
-}
 
 /// `anonymous`: clients without a user name.
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -58,15 +46,6 @@ enum Scope {
     #[default]
     All,
     Own,
-}
-
-/// `check_each_delivery`.
-#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-enum DeliveryChecks {
-    #[default]
-    Always,
-    WhenNeeded,
 }
 
 #[derive(Deserialize)]
@@ -148,40 +127,13 @@ fn read_granted(name: &str) -> Result<String, String> {
 }
 
 impl StaticAcl {
-    /// The first step of SCRAM-SHA-256: the server-first message as a challenge.
-    fn scram_first(&self, client: &Client, data: &[u8]) -> AuthOutcome {
-        let (user, bare, gs2, client_nonce) = match scram::client_first(data) {
-            Ok(parts) => parts,
-            Err(refusal) => return AuthOutcome::Deny(denial(Reason::NotAuthorized, refusal.why())),
-        };
-        if client.username.as_deref().is_some_and(|u| u != user) {
-            return AuthOutcome::Deny(denial(
-                Reason::NotAuthorized,
-                "the SCRAM user name differs from the CONNECT user name",
-            ));
+    /// A user's SCRAM verifier, for the SDK's exchange.
+    fn verifier(&self, user: &str) -> scram::Lookup {
+        match self.users.get(user) {
+            Some(u) => Ok(u.scram.clone()),
+            None if self.config.unknown_user == Otherwise::Next => Err(AuthOutcome::Next),
+            None => Ok(None),
         }
-        let verifier = match self.users.get(&user).and_then(|u| u.scram.clone()) {
-            Some(v) => v,
-            None if self.config.unknown_user == Otherwise::Next
-                && !self.users.contains_key(&user) =>
-            {
-                return AuthOutcome::Next;
-            }
-            None => scram::Verifier::mock(&self.mock_key, &user),
-        };
-        let mut server_nonce = [0u8; 18];
-        if getrandom::fill(&mut server_nonce).is_err() {
-            return AuthOutcome::Deny(denial(Reason::ServerUnavailable, "no random source"));
-        }
-        let (server_first, exchange) =
-            scram::server_first(user, bare, gs2, &client_nonce, &server_nonce, &verifier);
-        let Ok(state) = serde_json::to_vec(&exchange) else {
-            return AuthOutcome::Deny(denial(Reason::ServerUnavailable, "state"));
-        };
-        AuthOutcome::Challenge(Challenge {
-            data: server_first.into_bytes(),
-            state,
-        })
     }
 }
 
@@ -248,14 +200,9 @@ impl StaticAcl {
         if let Some(v) = self.settled(client, identity) {
             return v;
         }
-        match self
-            .rules
+        self.rules
             .topic(self.asker(client, identity), topic, wanted)
-        {
-            Outcome::Allowed => allow(self.config.cache_seconds),
-            Outcome::Denied => Verdict::Deny(denial(Reason::NotAuthorized, "a rule denies it")),
-            Outcome::NoMatch => self.no_match(),
-        }
+            .verdict(self.config.cache_seconds, self.no_match())
     }
 }
 
@@ -334,11 +281,14 @@ impl Plugin for StaticAcl {
 
     fn authenticate(&self, client: &Client, credentials: &Credentials) -> AuthOutcome {
         // Enhanced authentication other than SCRAM is some other plugin's business.
-        if let Some(method) = &credentials.auth_method {
-            if method != scram::METHOD || !self.config.scram {
-                return AuthOutcome::Next;
-            }
-            return self.scram_first(client, credentials.auth_data.as_deref().unwrap_or_default());
+        if let Some(outcome) = scram::begin(
+            self.config.scram,
+            client,
+            credentials,
+            &self.mock_key,
+            |user| self.verifier(user),
+        ) {
+            return outcome;
         }
         let Some(name) = client.username.as_deref() else {
             return match self.config.anonymous {
@@ -357,45 +307,34 @@ impl Plugin for StaticAcl {
         let hash = user.and_then(|u| u.hash.as_deref());
         let given = credentials.password.as_deref().unwrap_or_default();
         // An unknown user's check costs what a known user's does (the broker's dummy hash).
-        match password::verify(hash, given) {
-            Ok(true) => {
+        password_login(
+            password::verify(hash, given),
+            name,
+            hash.is_some(),
+            self.config.unknown_user == Otherwise::Next,
+            || {
                 let roles = user.map(|u| u.roles.clone()).unwrap_or_default();
-                authenticated(state::identity::<Self>(name, roles, &MARK))
-            }
-            Ok(false) if hash.is_some() || self.config.unknown_user == Otherwise::Deny => {
-                AuthOutcome::Deny(denial(Reason::BadCredentials, "bad user name or password"))
-            }
-            Ok(false) => AuthOutcome::Next,
-            Err(e) => {
-                moat_plugin_sdk::warn!(
-                    "static-acl: checking the password of {name:?} failed: {e:?}"
-                );
-                AuthOutcome::Deny(denial(Reason::ServerUnavailable, "password check failed"))
-            }
-        }
+                state::identity::<Self>(name, roles, &MARK)
+            },
+        )
     }
 
     fn continue_auth(&self, _client: &Client, state: &[u8], data: &[u8]) -> AuthOutcome {
-        let Ok(exchange) = serde_json::from_slice::<scram::Exchange>(state) else {
-            return AuthOutcome::Deny(denial(Reason::NotAuthorized, "no SCRAM exchange"));
-        };
-        let user = self.users.get(&exchange.user);
-        let verifier = user
-            .and_then(|u| u.scram.clone())
-            .unwrap_or_else(|| scram::Verifier::mock(&self.mock_key, &exchange.user));
-        match scram::client_final(&exchange, data, &verifier) {
-            Ok(server_final) => {
-                let roles = user.map(|u| u.roles.clone()).unwrap_or_default();
-                AuthOutcome::Allow(Authenticated {
-                    identity: state::identity::<Self>(exchange.user, roles, &MARK),
-                    auth_data: Some(server_final.into_bytes()),
-                })
-            }
-            Err(scram::Refusal::BadProof) => {
-                AuthOutcome::Deny(denial(Reason::BadCredentials, "bad user name or password"))
-            }
-            Err(refusal) => AuthOutcome::Deny(denial(Reason::NotAuthorized, refusal.why())),
-        }
+        // A user removed between the two steps fails as an unknown one.
+        scram::finish(
+            state,
+            data,
+            &self.mock_key,
+            |user| Ok(self.users.get(user).and_then(|u| u.scram.clone())),
+            |user| {
+                let roles = self
+                    .users
+                    .get(&user)
+                    .map(|u| u.roles.clone())
+                    .unwrap_or_default();
+                state::identity::<Self>(user, roles, &MARK)
+            },
+        )
     }
 
     fn authorize_publish(&self, client: &Client, identity: &Identity, msg: &Publish) -> Verdict {
@@ -408,35 +347,14 @@ impl Plugin for StaticAcl {
         identity: &Identity,
         subscription: &Subscription,
     ) -> SubscribeVerdict {
-        let grant = |check_each_delivery| {
-            SubscribeVerdict::Allow(SubscribeGrant {
-                check_each_delivery,
-            })
-        };
-        match self.settled(client, identity) {
-            Some(Verdict::Allow(_)) => {
-                return grant(self.config.check_each_delivery == DeliveryChecks::Always);
-            }
-            Some(Verdict::Deny(d)) => return SubscribeVerdict::Deny(d),
-            Some(Verdict::Next) => return SubscribeVerdict::Next,
-            None => {}
+        let always = self.config.check_each_delivery == DeliveryChecks::Always;
+        if let Some(settled) = self.settled(client, identity) {
+            return acl::as_subscribe(settled, always);
         }
-        match self
-            .rules
+        let no_match = acl::as_subscribe(self.no_match(), false);
+        self.rules
             .subscribe(self.asker(client, identity), &subscription.filter)
-        {
-            SubscribeOutcome::Covered => {
-                grant(self.config.check_each_delivery == DeliveryChecks::Always)
-            }
-            SubscribeOutcome::Partly => grant(true),
-            SubscribeOutcome::Denied => {
-                SubscribeVerdict::Deny(denial(Reason::NotAuthorized, "a rule denies it"))
-            }
-            SubscribeOutcome::NoMatch => match self.no_match() {
-                Verdict::Deny(d) => SubscribeVerdict::Deny(d),
-                _ => SubscribeVerdict::Next,
-            },
-        }
+            .verdict(always, no_match)
     }
 
     fn authorize_deliver(&self, client: &Client, identity: &Identity, topic: &str) -> Verdict {

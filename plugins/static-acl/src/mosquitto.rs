@@ -16,7 +16,7 @@
 //!
 //! Errors name the file (by the name it was granted under) and the line.
 
-use crate::rules::{Access, Rule, RuleSet};
+use moat_plugin_sdk::acl::{Access, Rule, RuleSet};
 
 /// The prefixes of the hash formats the broker's `password` capability checks.
 const HASH_PREFIXES: &[&str] = &[

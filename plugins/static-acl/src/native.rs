@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::rules::{Access, Rule, RuleSet};
+use moat_plugin_sdk::acl::{Access, Rule, RuleSet};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -15,17 +15,23 @@
 //! `moat passwd --scram`. The broker's `password` capability also checks a plain password
 //! against it, so one entry serves both kinds of login.
 //!
-//! An unknown user gets a mock salt (an HMAC of the user name under a key derived from the
-//! plugin's files) and the usual iteration count, always the same for the same name, so the
+//! An unknown user gets a mock salt (an HMAC of the user name under a key only the plugin
+//! knows, e.g. a digest of its files) and the usual iteration count, always the same for the same name, so the
 //! first answer does not tell whether the user exists; the final step then fails as a wrong
 //! password does. Channel binding is not offered (`n,,`); a client that asks for it (`p=`)
 //! is refused.
+//!
+//! [`begin`] and [`finish`] are the two hook steps (`authenticate`, `continue-auth`) for a
+//! plugin that only has to say where verifiers come from; the functions below them are the
+//! message-level pieces.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::{AuthOutcome, Authenticated, Challenge, Client, Credentials, Denial, Identity, Reason};
 
 /// The MQTT authentication method.
 pub const METHOD: &str = "SCRAM-SHA-256";
@@ -229,4 +235,106 @@ pub fn client_final(
     }
     let server_signature = hmac(&verifier.server_key, auth_message.as_bytes());
     Ok(format!("v={}", B64.encode(server_signature)))
+}
+
+/// Where a user's verifier comes from, as [`begin`] and [`finish`] ask: `Ok(Some(v))` for a
+/// user with a verifier, `Ok(None)` for a user without one (it gets a mock and fails as a
+/// wrong password does), or `Err(outcome)` to answer with `outcome` instead (e.g. `next` for
+/// an unknown user, or a denial when the store is unreachable).
+pub type Lookup = Result<Option<Verifier>, AuthOutcome>;
+
+fn refuse(reason: Reason, why: &str) -> AuthOutcome {
+    AuthOutcome::Deny(Denial {
+        reason,
+        message: Some(why.to_owned()),
+    })
+}
+
+/// The `authenticate` step for a CONNECT with an authentication method: `None` without one
+/// (a password login); `next` for another method, or when SCRAM is not `enabled`; otherwise
+/// it reads the client-first message (the CONNECT's authentication data), checks that its
+/// user name is the CONNECT's user name if there is one, looks the verifier up and answers
+/// with the server-first message as a challenge. `mock_key` keys unknown users' mock salts.
+pub fn begin(
+    enabled: bool,
+    client: &Client,
+    credentials: &Credentials,
+    mock_key: &[u8],
+    lookup: impl FnOnce(&str) -> Lookup,
+) -> Option<AuthOutcome> {
+    let method = credentials.auth_method.as_deref()?;
+    if method != METHOD || !enabled {
+        return Some(AuthOutcome::Next);
+    }
+    let mut server_nonce = [0u8; 18];
+    if getrandom::fill(&mut server_nonce).is_err() {
+        return Some(refuse(Reason::ServerUnavailable, "no random source"));
+    }
+    Some(first_step(
+        client.username.as_deref(),
+        credentials.auth_data.as_deref().unwrap_or_default(),
+        &server_nonce,
+        mock_key,
+        lookup,
+    ))
+}
+
+fn first_step(
+    username: Option<&str>,
+    data: &[u8],
+    server_nonce: &[u8],
+    mock_key: &[u8],
+    lookup: impl FnOnce(&str) -> Lookup,
+) -> AuthOutcome {
+    let (user, bare, gs2, client_nonce) = match client_first(data) {
+        Ok(parts) => parts,
+        Err(refusal) => return refuse(Reason::NotAuthorized, refusal.why()),
+    };
+    if username.is_some_and(|u| u != user) {
+        return refuse(
+            Reason::NotAuthorized,
+            "the SCRAM user name differs from the CONNECT user name",
+        );
+    }
+    let verifier = match lookup(&user) {
+        Ok(Some(v)) => v,
+        Ok(None) => Verifier::mock(mock_key, &user),
+        Err(outcome) => return outcome,
+    };
+    let (message, exchange) = server_first(user, bare, gs2, &client_nonce, server_nonce, &verifier);
+    let Ok(state) = serde_json::to_vec(&exchange) else {
+        return refuse(Reason::ServerUnavailable, "state");
+    };
+    AuthOutcome::Challenge(Challenge {
+        data: message.into_bytes(),
+        state,
+    })
+}
+
+/// The `continue-auth` step: checks the client-final message `data` against the verifier
+/// `lookup` gives for the user of the exchange kept in `state`; on success the client is
+/// `identity(user)` and gets the server-final message.
+pub fn finish(
+    state: &[u8],
+    data: &[u8],
+    mock_key: &[u8],
+    lookup: impl FnOnce(&str) -> Lookup,
+    identity: impl FnOnce(String) -> Identity,
+) -> AuthOutcome {
+    let Ok(exchange) = serde_json::from_slice::<Exchange>(state) else {
+        return refuse(Reason::NotAuthorized, "no SCRAM exchange");
+    };
+    let verifier = match lookup(&exchange.user) {
+        Ok(Some(v)) => v,
+        Ok(None) => Verifier::mock(mock_key, &exchange.user),
+        Err(outcome) => return outcome,
+    };
+    match client_final(&exchange, data, &verifier) {
+        Ok(server_final) => AuthOutcome::Allow(Authenticated {
+            identity: identity(exchange.user),
+            auth_data: Some(server_final.into_bytes()),
+        }),
+        Err(Refusal::BadProof) => refuse(Reason::BadCredentials, "bad user name or password"),
+        Err(refusal) => refuse(Reason::NotAuthorized, refusal.why()),
+    }
 }

@@ -1,4 +1,6 @@
-//! The permission model both file formats compile into, and the decisions taken from it.
+//! A permission model of topic rules, and the decisions taken from it: what the bundled
+//! static-acl (its files), sql (its ACL rows) and other plugins decide with, so that the same
+//! rules mean the same thing whatever they are stored in.
 //!
 //! A rule grants `read`, `write` or both on a topic filter, or `deny`s it. A client's rules
 //! are its own (by user name; the anonymous rules for a client without one) plus the global
@@ -8,12 +10,19 @@
 //!
 //! A rule marked `expand` may use `%u` (user name) and `%c` (client identifier) for a whole
 //! level; a placeholder without a value, or with a value that is not a plain level (`/`, `+`,
-//! `#`), makes the rule match nothing (`moat_plugin_sdk::topic::expand_pattern`).
+//! `#`), makes the rule match nothing ([`topic::expand_pattern`]).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use moat_plugin_sdk::topic;
+use crate::{Denial, Reason, SubscribeGrant, SubscribeVerdict, Verdict, topic};
+
+fn refused(message: &str) -> Denial {
+    Denial {
+        reason: Reason::NotAuthorized,
+        message: Some(message.to_owned()),
+    }
+}
 
 /// What a rule grants or refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +105,70 @@ pub enum Outcome {
     Allowed,
     Denied,
     NoMatch,
+}
+
+impl Outcome {
+    /// The hook's answer: an allow the broker may reuse for `cache_seconds`, 0x87 Not
+    /// authorized, or `no_match` for a topic no rule mentions.
+    pub fn verdict(self, cache_seconds: u32, no_match: Verdict) -> Verdict {
+        match self {
+            Outcome::Allowed => crate::allow(cache_seconds),
+            Outcome::Denied => Verdict::Deny(refused("a rule denies it")),
+            Outcome::NoMatch => no_match,
+        }
+    }
+}
+
+impl SubscribeOutcome {
+    /// The hook's answer: allowed, with per-delivery checks when the rules cover the filter
+    /// only partly or `always_check` asks for them; 0x87 Not authorized; or `no_match` for a
+    /// filter no rule reaches.
+    pub fn verdict(self, always_check: bool, no_match: SubscribeVerdict) -> SubscribeVerdict {
+        let grant = |check_each_delivery| {
+            SubscribeVerdict::Allow(SubscribeGrant {
+                check_each_delivery,
+            })
+        };
+        match self {
+            SubscribeOutcome::Covered => grant(always_check),
+            SubscribeOutcome::Partly => grant(true),
+            SubscribeOutcome::Denied => SubscribeVerdict::Deny(refused("a rule denies it")),
+            SubscribeOutcome::NoMatch => no_match,
+        }
+    }
+}
+
+/// A plugin setting (`unknown_user`, `no_match`, `on_backend_error`...): refuse, or let the
+/// next plugin decide; never an allow.
+#[derive(Debug, serde::Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Otherwise {
+    #[default]
+    Deny,
+    Next,
+}
+
+/// The `check_each_delivery` setting: `always` checks every delivery of a subscription (so a
+/// revoked read right stops deliveries on existing subscriptions too); `when-needed` only
+/// those of subscriptions wider than the rules.
+#[derive(Debug, serde::Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryChecks {
+    #[default]
+    Always,
+    WhenNeeded,
+}
+
+/// A topic-level answer given to a subscription (a decision settled before any rule is looked
+/// at): an allow becomes a grant with `check_each_delivery`.
+pub fn as_subscribe(verdict: Verdict, check_each_delivery: bool) -> SubscribeVerdict {
+    match verdict {
+        Verdict::Allow(_) => SubscribeVerdict::Allow(SubscribeGrant {
+            check_each_delivery,
+        }),
+        Verdict::Deny(d) => SubscribeVerdict::Deny(d),
+        Verdict::Next => SubscribeVerdict::Next,
+    }
 }
 
 /// Every rule of the plugin.
