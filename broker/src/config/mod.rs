@@ -21,6 +21,7 @@ mod admin;
 mod error;
 mod listener;
 mod plugins;
+mod sql;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -43,6 +44,7 @@ pub use plugins::{
     Exhausted, ForeignSession, Grants, HookName, HttpGrant, KvGrant, LdapDirectory, OnFailure,
     PasswordGrant, PluginConfig, PluginsConfig, RecheckSubscriptions, SecurityConfig,
 };
+pub use sql::SqlConnection;
 
 /// A commented example configuration listing every key with its default value. It parses to
 /// [`Config::default()`] (a unit test checks this), so it doubles as the reference of defaults.
@@ -439,6 +441,11 @@ impl Config {
                 .flat_map(|d| d.values_mut())
                 .flat_map(|d| d.ca_file.iter_mut().chain(d.bind_password_file.iter_mut()));
             paths.extend(plugin.wasm.iter_mut().chain(granted).chain(ca).chain(ldap));
+            for db in plugin.grants.sql.iter_mut().flat_map(|s| s.values_mut()) {
+                paths.extend(db.sqlite.iter_mut());
+                paths.extend(db.password_file.iter_mut());
+                paths.extend(db.ca_file.iter_mut());
+            }
         }
         paths.extend(config.plugins.watch_dir.as_mut());
         paths.extend(config.admin.token_file.as_mut());

@@ -202,6 +202,9 @@ pub struct Grants {
     /// `[plugin.grants.ldap.NAME]`: bind and search on the directories it names, each under
     /// the name the plugin asks for.
     pub ldap: Option<BTreeMap<String, LdapDirectory>>,
+    /// `[plugin.grants.sql.NAME]`: database connections, by the name the plugin asks for
+    /// (see [`SqlConnection`](super::SqlConnection)).
+    pub sql: Option<BTreeMap<String, super::SqlConnection>>,
 }
 
 /// `[plugin.grants.password]`.

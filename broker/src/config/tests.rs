@@ -716,6 +716,20 @@ const BAD: &[(&str, &str, usize, &str, &str)] = &[
         "must be between 1 and 10000, got 0",
     ),
     (
+        "sql grant with both databases",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\n[plugin.grants.sql.users]\npostgres = \"host=db\"\nsqlite = \"u.db\"\n",
+        6,
+        "plugin[0].grants.sql.users.sqlite",
+        "either `postgres` or `sqlite`",
+    ),
+    (
+        "sql grant timeout above the plugin's deadline",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\nauthenticate_timeout_ms = 500\n[plugin.grants.sql.users]\nsqlite = \"u.db\"\ntimeout_ms = 800\n",
+        7,
+        "plugin[0].grants.sql.users.timeout_ms",
+        "below the plugin's authenticate_timeout_ms (500)",
+    ),
+    (
         "exhausted",
         "[plugins]\nexhausted = \"maybe\"\n",
         2,
@@ -865,6 +879,25 @@ fn plugin_files_are_relative_to_the_config_file() {
         corp.bind_password_file,
         Some(dir.path().join("secrets/ldap"))
     );
+}
+
+#[test]
+fn sql_grant_files_are_relative_to_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("moat.toml");
+    std::fs::write(
+        &path,
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\n\
+         [plugin.grants.sql.users]\nsqlite = \"db/users.db\"\n\
+         [plugin.grants.sql.pg]\npostgres = \"host=127.0.0.1 user=moat\"\n\
+         password_file = \"pg-pw\"\n",
+    )
+    .unwrap();
+    let c = Config::load(&path).unwrap();
+    let sql = c.plugin_chain[0].grants.sql.as_ref().unwrap();
+    assert_eq!(sql["users"].sqlite, Some(dir.path().join("db/users.db")));
+    assert_eq!(sql["pg"].password_file, Some(dir.path().join("pg-pw")));
+    assert_eq!((sql["pg"].max_rows, sql["pg"].timeout_ms), (1000, 1000));
 }
 
 #[test]

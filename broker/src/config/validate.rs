@@ -419,6 +419,7 @@ fn validate_plugins(config: &Config) -> Result<(), Invalid> {
             }
         }
         validate_grants(i, p)?;
+        validate_sql_grant(i, p)?;
     }
     Ok(())
 }
@@ -517,6 +518,40 @@ fn is_grant_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The `sql` grant of `plugin[i]`: connection names as for files, each connection's keys.
+fn validate_sql_grant(i: usize, p: &crate::config::PluginConfig) -> Result<(), Invalid> {
+    let Some(connections) = &p.grants.sql else {
+        return Ok(());
+    };
+    let at = |keys: &[&str]| {
+        keys.iter().fold(
+            KeyPath::keys(&["plugin"])
+                .with(Seg::Index(i))
+                .with(Seg::Key("grants".into()))
+                .with(Seg::Key("sql".into())),
+            |path, k| path.with(Seg::Key((*k).to_owned())),
+        )
+    };
+    for (name, connection) in connections {
+        if !is_grant_name(name) {
+            return Err(Invalid {
+                path: at(&[name.as_str()]),
+                message: format!(
+                    "a connection's name must be 1 to 64 letters, digits, '-', '_' or '.', \
+                     got {name:?}"
+                ),
+            });
+        }
+        connection
+            .check(p.authenticate_timeout_ms)
+            .map_err(|(key, message)| Invalid {
+                path: at(&[name.as_str(), key]),
+                message,
+            })?;
+    }
+    Ok(())
 }
 
 /// The admin API: loopback unless allowed, one source of the token, a token worth the name.

@@ -15,9 +15,10 @@
 //! - [`ldap`]: simple binds and searches on granted directories (plain, LDAPS, StartTLS),
 //!   searches on pooled service-account connections, each bind on a connection of its own
 //!   ([`ldap::Directories`]).
-//! - `sql`: declared in the contract, refused until implemented.
+//! - [`sql`]: queries on database connections the broker owns, PostgreSQL or SQLite, bound
+//!   parameters, read-only, capped and timed ([`sql::SqlConnections`]).
 //!
-//! `tls` holds the TLS client settings `http` and `ldap` share.
+//! `tls` holds the TLS client settings `http`, `ldap` and `sql` share.
 //!
 //! What a plugin was granted lives in [`Granted`], one per plugin, shared by its generations;
 //! only the file snapshot belongs to a generation.
@@ -27,7 +28,7 @@ pub mod http;
 mod kv;
 pub mod ldap;
 mod password;
-mod sql;
+pub mod sql;
 mod tls;
 
 use std::collections::BTreeMap;
@@ -54,11 +55,12 @@ pub struct Granted {
     pub(in crate::policy::wasm) password: Option<PasswordPool>,
     pub(in crate::policy::wasm) http: Option<http::HttpClient>,
     pub(in crate::policy::wasm) ldap: Option<ldap::Directories>,
+    pub(in crate::policy::wasm) sql: Option<sql::SqlConnections>,
 }
 
 impl Granted {
     /// Fails if a grant refers to something that cannot be had (a `ca_file`, an `ldap`
-    /// grant's `bind_password_file`).
+    /// grant's `bind_password_file`, an `sql` connection's `password_file`).
     pub fn new(grants: &Grants) -> Result<Granted, LoadError> {
         let http = grants
             .http
@@ -78,12 +80,22 @@ impl Granted {
                 capability: "ldap",
                 why,
             })?;
+        let sql = grants
+            .sql
+            .as_ref()
+            .map(sql::SqlConnections::new)
+            .transpose()
+            .map_err(|why| LoadError::Grant {
+                capability: "sql",
+                why,
+            })?;
         Ok(Granted {
             kv: grants.kv.as_ref().map(|g| Mutex::new(KvSpace::new(g))),
             files: grants.files.clone().map(Arc::new),
             password: grants.password.as_ref().map(PasswordPool::new),
             http,
             ldap,
+            sql,
         })
     }
 

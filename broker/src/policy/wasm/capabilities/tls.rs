@@ -1,4 +1,4 @@
-//! The TLS client settings the capabilities that reach out (`http`, `ldap`) share: rustls with
+//! The TLS client settings the capabilities that reach out (`http`, `ldap`, `sql`) share: rustls with
 //! the process's crypto provider (aws-lc-rs, as the listeners), the system's trusted roots and
 //! the grant's own CA certificates.
 
