@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 /// The plugins embedded in the `moat` binary, by package name.
-const BUNDLED: &[&str] = &["allow-anonymous", "static-acl", "jwt", "ldap"];
+const BUNDLED: &[&str] = &["allow-anonymous", "static-acl", "jwt", "ldap", "sql"];
 
 fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));

@@ -42,6 +42,7 @@ mod retained;
 mod routing;
 mod scram;
 mod sdk_harness;
+mod sql;
 mod static_acl;
 mod static_acl_broker;
 mod sys;

@@ -69,7 +69,7 @@ fn auth(data: &[u8]) -> Packet {
 
 /// Runs the exchange as `user` with `password`; returns the CONNACK's reason code, and, on
 /// success, whether the server's signature was right.
-async fn scram_login(b: &TestBroker, user: &str, password: &str) -> (ReasonCode, bool) {
+pub async fn scram_login(b: &TestBroker, user: &str, password: &str) -> (ReasonCode, bool) {
     let client_nonce = "fyko+d2lbbFgONRv9qkxdawL";
     let client_first_bare = format!("n={user},r={client_nonce}");
     let mut connect = raw_connect_packet(ProtocolVersion::V5, "scram-client", true);

@@ -236,7 +236,7 @@ async fn a_hash_subscription_does_not_leak_denied_topics() {
 }
 
 /// Publishes until the PUBACK says `want`, within [`WAIT`].
-async fn until_puback(c: &mut RawClient, topic: &str, want: ReasonCode) {
+pub async fn until_puback(c: &mut RawClient, topic: &str, want: ReasonCode) {
     let deadline = tokio::time::Instant::now() + WAIT;
     for id in 1.. {
         if puback(c, id, topic).await == want {
@@ -251,7 +251,7 @@ async fn until_puback(c: &mut RawClient, topic: &str, want: ReasonCode) {
 }
 
 /// Until the broker answers `user`/`password` with `want`, within [`WAIT`].
-async fn until_connack(b: &TestBroker, user: &str, password: &str, want: ReasonCode) {
+pub async fn until_connack(b: &TestBroker, user: &str, password: &str, want: ReasonCode) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while connack(b, V5, user, password).await != want {
         assert!(

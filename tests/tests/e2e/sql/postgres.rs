@@ -1,0 +1,138 @@
+//! The sql plugin on a real PostgreSQL (initdb in a temporary directory, a loopback port, a
+//! password-authenticated role): logins, ACL, SCRAM, the database going away and coming
+//! back, and revocation within the stated time.
+
+use std::time::Duration;
+
+use moat::codec::{ProtocolVersion, ReasonCode};
+use moat::config::Exhausted;
+use serde_json::json;
+
+use super::checks::{self, refused_within};
+use super::support::{Postgres, broker, plugin, seed};
+use crate::harness::{RawClient, TestBroker, WAIT, start_with};
+use crate::plugins::login;
+use crate::scram::scram_login;
+use crate::static_acl_broker::{connack, puback, until_connack, until_puback};
+
+#[tokio::test]
+async fn postgres_users_and_acl_decide() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(&seed(dir.path())).await;
+    let b = broker(plugin(pg.connection(), json!({}))).await;
+    checks::logins(&b).await;
+    checks::acl(&b).await;
+    b.stop().await;
+}
+
+/// MQTT 5 enhanced authentication with the verifier the SCRAM query returns: the client checks
+/// the server's signature; a wrong password and an unknown user fail alike (0x86).
+#[tokio::test]
+async fn postgres_scram_sha_256() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(&seed(dir.path())).await;
+    let b = broker(plugin(pg.connection(), json!({}))).await;
+    assert_eq!(
+        scram_login(&b, "erin", "erin-pw").await,
+        (ReasonCode::SUCCESS, true)
+    );
+    for (user, password) in [("erin", "wrong"), ("nobody", "erin-pw")] {
+        assert_eq!(
+            scram_login(&b, user, password).await.0,
+            ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+            "{user}"
+        );
+    }
+    b.stop().await;
+}
+
+/// With the database stopped, logins get 0x88 Server unavailable and a connected client's
+/// publishes 0x87 (never an allow), with a logged reason; after a restart both work again
+/// without touching the broker.
+#[tokio::test]
+async fn postgres_down_denies_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(&seed(dir.path())).await;
+    let b = broker(plugin(pg.connection(), json!({"cache_seconds": 1}))).await;
+    let mut alice = checks_client(&b).await;
+    assert_eq!(
+        puback(&mut alice, 1, "alice/x").await,
+        ReasonCode::NO_MATCHING_SUBSCRIBERS
+    );
+    pg.stop();
+    assert_eq!(
+        connack(&b, ProtocolVersion::V5, "alice", "alice-pw").await,
+        ReasonCode::SERVER_UNAVAILABLE
+    );
+    refused_within(&mut alice, "alice/x", WAIT).await;
+    pg.resume();
+    until_connack(&b, "alice", "alice-pw", ReasonCode::SUCCESS).await;
+    until_puback(&mut alice, "alice/x", ReasonCode::NO_MATCHING_SUBSCRIBERS).await;
+    b.stop().await;
+}
+
+/// `on_backend_error = "next"`: with the database stopped the plugin passes, and the chain's
+/// end decides (here `exhausted = "allow"`, to make the pass visible: the plugin itself never
+/// allows); a wrong password is still refused while the database is up.
+#[tokio::test]
+async fn postgres_down_passes_to_the_next_plugin_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(&seed(dir.path())).await;
+    let p = plugin(pg.connection(), json!({"on_backend_error": "next"}));
+    let b = start_with(|c| {
+        c.plugin_chain = vec![p];
+        c.plugins.exhausted = Exhausted::Allow;
+        c.limits.auth_failure_delay_max = Duration::ZERO;
+    })
+    .await;
+    assert_eq!(
+        connack(&b, ProtocolVersion::V5, "alice", "wrong").await,
+        ReasonCode::BAD_USER_NAME_OR_PASSWORD
+    );
+    pg.stop();
+    assert_eq!(
+        connack(&b, ProtocolVersion::V5, "alice", "wrong").await,
+        ReasonCode::SUCCESS
+    );
+    b.stop().await;
+}
+
+async fn checks_client(b: &TestBroker) -> RawClient {
+    let (c, ack) = RawClient::handshake(
+        b.addr,
+        login(ProtocolVersion::V5, "alice-1", "alice", "alice-pw"),
+    )
+    .await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    c
+}
+
+/// A deleted ACL row and a deleted user stop being honoured within `cache_seconds` (the
+/// plugin keeps no cache of its own) for clients connected all along; a deleted user's next
+/// login is refused at once.
+#[tokio::test]
+async fn postgres_revocation_within_cache_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(&seed(dir.path())).await;
+    let cache = Duration::from_secs(2);
+    let b = broker(plugin(pg.connection(), json!({"cache_seconds": 2}))).await;
+    let mut alice = checks_client(&b).await;
+    let allowed = ReasonCode::NO_MATCHING_SUBSCRIBERS;
+    assert_eq!(puback(&mut alice, 1, "alice/x").await, allowed);
+    pg.execute("DELETE FROM acl WHERE username = 'alice' AND topic = 'alice/#'")
+        .await;
+    let took = refused_within(&mut alice, "alice/x", cache + WAIT).await;
+    assert!(took <= cache + Duration::from_secs(1), "took {took:?}");
+
+    let (mut bob, _) =
+        RawClient::handshake(b.addr, login(ProtocolVersion::V5, "bob-1", "bob", "bob-pw")).await;
+    assert_eq!(puback(&mut bob, 1, "bob/x").await, allowed);
+    pg.execute("DELETE FROM users WHERE username = 'bob'").await;
+    assert_eq!(
+        connack(&b, ProtocolVersion::V5, "bob", "bob-pw").await,
+        ReasonCode::BAD_USER_NAME_OR_PASSWORD
+    );
+    let took = refused_within(&mut bob, "bob/x", cache + WAIT).await;
+    assert!(took <= cache + Duration::from_secs(1), "took {took:?}");
+    b.stop().await;
+}
