@@ -136,3 +136,33 @@ async fn postgres_revocation_within_cache_seconds() {
     assert!(took <= cache + Duration::from_secs(1), "took {took:?}");
     b.stop().await;
 }
+
+/// TLS to PostgreSQL (`sslmode=require`): with the server's CA in the grant's `ca_file` the
+/// broker connects and logins work; without it the certificate is refused (the system's roots
+/// do not know that CA), so the database is unavailable (0x88), never used unverified.
+#[tokio::test]
+async fn postgres_over_tls_verifies_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::certs::Ca::new("moat sql test CA");
+    let pg = Postgres::start_tls(&seed(dir.path()), &ca).await;
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let mut db = pg.connection();
+    db.postgres = Some(format!(
+        "host=127.0.0.1 port={} user=moat dbname=postgres sslmode=require",
+        pg.port
+    ));
+    for (ca_file, want) in [
+        (Some(ca_file), ReasonCode::SUCCESS),
+        (None, ReasonCode::SERVER_UNAVAILABLE),
+    ] {
+        let mut db = db.clone();
+        db.ca_file = ca_file;
+        let b = broker(plugin(db, json!({}))).await;
+        assert_eq!(
+            connack(&b, ProtocolVersion::V5, "alice", "alice-pw").await,
+            want
+        );
+        b.stop().await;
+    }
+}

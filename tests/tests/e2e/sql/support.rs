@@ -126,6 +126,8 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
+    /// Serve TLS with `server.pem`/`server.key` in the directory.
+    tls: bool,
 }
 
 /// The newest `/usr/lib/postgresql/*/bin`. Missing PostgreSQL fails the test: CI installs it.
@@ -169,6 +171,16 @@ fn run(mut cmd: Command, what: &str) {
 impl Postgres {
     /// initdb, start, and create role `moat` and the schema, seeded.
     pub async fn start(seed: &Seed) -> Postgres {
+        Postgres::start_with(seed, None).await
+    }
+
+    /// The same, serving TLS (and plain connections) with a certificate for 127.0.0.1 that
+    /// `ca` issued.
+    pub async fn start_tls(seed: &Seed, ca: &crate::certs::Ca) -> Postgres {
+        Postgres::start_with(seed, Some(ca)).await
+    }
+
+    async fn start_with(seed: &Seed, ca: Option<&crate::certs::Ca>) -> Postgres {
         let bin = bin_dir();
         let dir = tempfile::tempdir().unwrap();
         if unsafe { libc::geteuid() } == 0 {
@@ -190,12 +202,31 @@ impl Postgres {
             "postgres",
         ]);
         run(initdb, "initdb");
+        if let Some(ca) = ca {
+            use std::os::unix::fs::PermissionsExt;
+            let leaf = ca.server(&[]);
+            let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+            std::fs::write(&cert, &leaf.cert_pem).unwrap();
+            std::fs::write(&key, &leaf.key_pem).unwrap();
+            // The server reads its key only if nobody else may.
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if unsafe { libc::geteuid() } == 0 {
+                let mut chown = Command::new("chown");
+                chown.arg("postgres:postgres").arg(&cert).arg(&key);
+                run(chown, "chown");
+            }
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let pg = Postgres { dir, bin, port };
+        let pg = Postgres {
+            dir,
+            bin,
+            port,
+            tls: ca.is_some(),
+        };
         pg.resume();
         let admin = pg.admin().await;
         admin
@@ -219,9 +250,18 @@ impl Postgres {
             .arg("-w")
             .arg("-o")
             .arg(format!(
-                "-h 127.0.0.1 -p {} -k {} -c fsync=off",
+                "-h 127.0.0.1 -p {} -k {} -c fsync=off{}",
                 self.port,
-                self.dir.path().display()
+                self.dir.path().display(),
+                if self.tls {
+                    format!(
+                        " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                        self.dir.path().join("server.pem").display(),
+                        self.dir.path().join("server.key").display()
+                    )
+                } else {
+                    String::new()
+                }
             ))
             .arg("start");
         run(ctl, "pg_ctl start");
