@@ -166,3 +166,54 @@ async fn postgres_over_tls_verifies_the_server() {
         b.stop().await;
     }
 }
+
+/// The PostgreSQL example of the plugin's README, configuration and SQL as written (the
+/// server's address and the role's name aside), admits a user and applies its rows.
+#[tokio::test]
+async fn the_readme_example_works() {
+    let readme = include_str!("../../../../plugins/sql/README.md");
+    let block = |fence: &str| {
+        readme
+            .split(fence)
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .unwrap_or_else(|| panic!("the README has a {fence} block"))
+    };
+    let config = moat::config::Config::from_str_named(block("```toml\n"), "plugins/sql/README.md")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut p = config.plugin_chain[0].clone();
+    assert_eq!(p.bundled.as_deref(), Some("sql"));
+
+    let pg = Postgres::start(&super::support::Seed { statements: vec![] }).await;
+    // The README's role is `moat`, which the test server already has for other tests.
+    let sql = block("```sql\n")
+        .replace("ROLE moat", "ROLE readme")
+        .replace("TO moat;", "TO readme;");
+    let hash = moat::policy::wasm::new_password_hash(b"alice-pw").unwrap();
+    pg.execute(&format!(
+        "{sql}; INSERT INTO mqtt_users (username, password_hash) VALUES ('alice', '{hash}')"
+    ))
+    .await;
+    let users = p.grants.sql.as_mut().unwrap().get_mut("users").unwrap();
+    users.postgres = Some(format!(
+        "host=127.0.0.1 port={} user=readme dbname=postgres sslmode=disable",
+        pg.port
+    ));
+    users.password_file = None;
+    users.password = Some("...".into());
+    let b = broker(p).await;
+    let (mut alice, ack) = RawClient::handshake(
+        b.addr,
+        login(ProtocolVersion::V5, "dev-7", "alice", "alice-pw"),
+    )
+    .await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    let allowed = ReasonCode::NO_MATCHING_SUBSCRIBERS;
+    assert_eq!(puback(&mut alice, 1, "sensors/t").await, allowed);
+    assert_eq!(
+        puback(&mut alice, 2, "sensors/secret/t").await,
+        ReasonCode::NOT_AUTHORIZED
+    );
+    assert_eq!(puback(&mut alice, 3, "devices/dev-7/t").await, allowed);
+    b.stop().await;
+}
