@@ -102,13 +102,16 @@ pub async fn acl(b: &TestBroker) {
     assert_eq!(puback(&mut dave, 1, "anything/at/all").await, ALLOWED);
 }
 
-/// Until a publish by `c` to `topic` is refused; returns how long that took. Fails after
-/// `within`.
-pub async fn refused_within(c: &mut RawClient, topic: &str, within: Duration) -> Duration {
+/// What a revocation test allows beyond the stated time (`cache_seconds`): the test's own
+/// publishes and round trips on a busy machine.
+pub const SLACK: Duration = Duration::from_secs(2);
+
+/// Publishes by `c` to `topic` until one is refused; fails if none is within `within`.
+pub async fn refused_within(c: &mut RawClient, topic: &str, within: Duration) {
     let start = Instant::now();
     for id in 100.. {
         if puback(c, id, topic).await == ReasonCode::NOT_AUTHORIZED {
-            return start.elapsed();
+            return;
         }
         assert!(
             start.elapsed() < within,
@@ -116,5 +119,4 @@ pub async fn refused_within(c: &mut RawClient, topic: &str, within: Duration) ->
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    unreachable!()
 }

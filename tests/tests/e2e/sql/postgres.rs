@@ -8,7 +8,7 @@ use moat::codec::{ProtocolVersion, ReasonCode};
 use moat::config::Exhausted;
 use serde_json::json;
 
-use super::checks::{self, refused_within};
+use super::checks::{self, SLACK, refused_within};
 use super::support::{Postgres, broker, plugin, seed};
 use crate::harness::{RawClient, TestBroker, WAIT, start_with};
 use crate::plugins::login;
@@ -121,8 +121,7 @@ async fn postgres_revocation_within_cache_seconds() {
     assert_eq!(puback(&mut alice, 1, "alice/x").await, allowed);
     pg.execute("DELETE FROM acl WHERE username = 'alice' AND topic = 'alice/#'")
         .await;
-    let took = refused_within(&mut alice, "alice/x", cache + WAIT).await;
-    assert!(took <= cache + Duration::from_secs(1), "took {took:?}");
+    refused_within(&mut alice, "alice/x", cache + SLACK).await;
 
     let (mut bob, _) =
         RawClient::handshake(b.addr, login(ProtocolVersion::V5, "bob-1", "bob", "bob-pw")).await;
@@ -132,8 +131,7 @@ async fn postgres_revocation_within_cache_seconds() {
         connack(&b, ProtocolVersion::V5, "bob", "bob-pw").await,
         ReasonCode::BAD_USER_NAME_OR_PASSWORD
     );
-    let took = refused_within(&mut bob, "bob/x", cache + WAIT).await;
-    assert!(took <= cache + Duration::from_secs(1), "took {took:?}");
+    refused_within(&mut bob, "bob/x", cache + SLACK).await;
     b.stop().await;
 }
 

@@ -6,9 +6,9 @@ use moat::codec::{ProtocolVersion, ReasonCode};
 use moat::config::SqlConnection;
 use serde_json::json;
 
-use super::checks::{self, refused_within};
+use super::checks::{self, SLACK, refused_within};
 use super::support::{broker, plugin, seed, sqlite, sqlite_execute};
-use crate::harness::{RawClient, WAIT};
+use crate::harness::RawClient;
 use crate::plugins::login;
 use crate::scram::scram_login;
 use crate::static_acl_broker::{connack, puback};
@@ -57,14 +57,12 @@ async fn sqlite_revocation_within_cache_seconds() {
         ReasonCode::NO_MATCHING_SUBSCRIBERS
     );
     sqlite_execute(&db, "DELETE FROM acl WHERE topic = 'alice/#'");
-    let took = refused_within(&mut alice, "alice/x", cache + WAIT).await;
-    assert!(took <= cache + Duration::from_secs(1), "took {took:?}");
+    refused_within(&mut alice, "alice/x", cache + SLACK).await;
     sqlite_execute(&db, "DELETE FROM users WHERE username = 'alice'");
     assert_eq!(
         connack(&b, ProtocolVersion::V5, "alice", "alice-pw").await,
         ReasonCode::BAD_USER_NAME_OR_PASSWORD
     );
-    let took = refused_within(&mut alice, "devices/alice-1/x", cache + WAIT).await;
-    assert!(took <= cache + Duration::from_secs(1), "took {took:?}");
+    refused_within(&mut alice, "devices/alice-1/x", cache + SLACK).await;
     b.stop().await;
 }
