@@ -139,6 +139,8 @@ pub struct Generation {
     /// Instances dropped after a failure and not replaced yet: creating one of these draws
     /// on `replacements`; growing the pool towards `max_instances` under load does not.
     failed: AtomicU64,
+    /// Held while an instance is created: one at a time, see [`Generation::lease`].
+    growing: tokio::sync::Mutex<()>,
 }
 
 /// A loan of one instance for one call: given back if the call succeeded, dropped otherwise.
@@ -198,6 +200,7 @@ impl Generation {
             pool: Pool::new(0),
             replacements: Mutex::new((REPLACE_BURST, Instant::now())),
             failed: AtomicU64::new(0),
+            growing: tokio::sync::Mutex::new(()),
         })
         .await
     }
@@ -227,6 +230,7 @@ impl Generation {
             pool: Pool::new(0),
             replacements: Mutex::new((REPLACE_BURST, Instant::now())),
             failed: AtomicU64::new(0),
+            growing: tokio::sync::Mutex::new(()),
         })
         .await
     }
@@ -369,6 +373,20 @@ impl Generation {
         let instance = match self.pool.take_idle() {
             Some(i) => i,
             None => {
+                // Instances are created one at a time, and a caller that waited for its turn
+                // first looks for one given back meanwhile. Calls yield while they run, so a
+                // burst of callers each creating its own instance would grow the pool to its
+                // cap on a single busy core (a connect storm through static-acl: 15 `init`s
+                // in a row, 60 ms of queued handshakes) where a few instances serve them all.
+                let _growing = self.growing.lock().await;
+                if let Some(i) = self.pool.take_idle() {
+                    return Ok(Lease {
+                        generation: self,
+                        instance: Some(i),
+                        healthy: false,
+                        _slot: slot,
+                    });
+                }
                 if !self.may_replace() {
                     return Err(Failure::Throttled);
                 }
