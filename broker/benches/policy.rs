@@ -30,7 +30,7 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use moat::codec::{ProtocolVersion, QoS};
 use moat::config::{Grants, PasswordGrant, PluginConfig};
-use moat::message::{Message, MessageProperties};
+use moat::message::Message;
 use moat::policy::cache::{Action, DecisionCache};
 use moat::policy::chain::Chain;
 use moat::policy::wasm::{Answer, AuthStep, Harness, Limits, bundled};
@@ -48,16 +48,7 @@ fn client() -> Arc<ClientInfo> {
 }
 
 fn message(topic: &str) -> Arc<Message> {
-    Arc::new(Message {
-        topic: ByteString::from(topic),
-        payload: Bytes::from(vec![7u8; 64]),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: MessageProperties::default(),
-        received: Instant::now(),
-        expiry: None,
-        publisher: None,
-    })
+    Arc::new(Harness::message(topic, &[7u8; 64]))
 }
 
 /// The identity allow-anonymous gives its clients (its session state marks them).

@@ -19,10 +19,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use bytestring::ByteString;
-use moat::codec::{ProtocolVersion, QoS};
-use moat::message::{Message, MessageProperties};
+use moat::codec::ProtocolVersion;
 use moat::policy::chain::Chain;
 use moat::policy::wasm::{Harness, bundled};
 use moat::policy::{AuthOutcome, ClientInfo, Policy, PublishKind};
@@ -74,16 +72,7 @@ fn main() {
         AuthOutcome::Allow { identity, .. } => Arc::new(identity),
         other => panic!("allow-anonymous refused: {other:?}"),
     };
-    let message = Arc::new(Message {
-        topic: ByteString::from("sensors/bench/temperature"),
-        payload: Bytes::from_static(b"21.5"),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: MessageProperties::default(),
-        received: Instant::now(),
-        expiry: None,
-        publisher: None,
-    });
+    let message = Arc::new(Harness::message("sensors/bench/temperature", b"21.5"));
 
     // The deciders: record the longest decision since the last reset, in nanoseconds, and
     // count those over `STALL` (the longest alone grows with the time watched, as the noise of
