@@ -716,6 +716,20 @@ const BAD: &[(&str, &str, usize, &str, &str)] = &[
         "must be between 1 and 10000, got 0",
     ),
     (
+        "ldap directory with a bad name",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\n[plugin.grants.ldap.\"a b\"]\nurl = \"ldap://ldap.example.org\"\n",
+        4,
+        "plugin[0].grants.ldap.a b",
+        "a directory's name must be 1 to 64 letters",
+    ),
+    (
+        "sql connection with a bad name",
+        "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\n[plugin.grants.sql.\"a/b\"]\nsqlite = \"u.db\"\n",
+        4,
+        "plugin[0].grants.sql.a/b",
+        "a connection's name must be 1 to 64 letters",
+    ),
+    (
         "sql grant with both databases",
         "[[plugin]]\nname = \"a\"\nwasm = \"a.wasm\"\n[plugin.grants.sql.users]\npostgres = \"host=db\"\nsqlite = \"u.db\"\n",
         6,

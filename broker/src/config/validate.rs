@@ -491,24 +491,37 @@ fn validate_grants(i: usize, plugin: &crate::config::PluginConfig) -> Result<(),
             });
         }
         for (name, directory) in ldap {
-            if !is_grant_name(name) {
-                return Err(Invalid {
-                    path: at(&["ldap", name.as_str()]),
-                    message: format!(
-                        "a directory's name must be 1 to 64 letters, digits, '-', '_' or '.', \
-                         got {name:?}"
-                    ),
-                });
-            }
-            directory
-                .check(plugin.authenticate_timeout_ms)
-                .map_err(|(key, message)| Invalid {
-                    path: at(&["ldap", name.as_str(), key]),
-                    message,
-                })?;
+            check_named(
+                "directory",
+                name,
+                directory.check(plugin.authenticate_timeout_ms),
+                |keys| at(&[&["ldap"], keys].concat()),
+            )?;
         }
     }
     Ok(())
+}
+
+/// One entry of a named grant table (`[plugin.grants.ldap.NAME]`, `[plugin.grants.sql.NAME]`):
+/// its name, then what its own `check` found; `at` gives the key path below the table.
+fn check_named(
+    what: &str,
+    name: &str,
+    checked: Result<(), (&'static str, String)>,
+    at: impl Fn(&[&str]) -> KeyPath,
+) -> Result<(), Invalid> {
+    if !is_grant_name(name) {
+        return Err(Invalid {
+            path: at(&[name]),
+            message: format!(
+                "a {what}'s name must be 1 to 64 letters, digits, '-', '_' or '.', got {name:?}"
+            ),
+        });
+    }
+    checked.map_err(|(key, message)| Invalid {
+        path: at(&[name, key]),
+        message,
+    })
 }
 
 /// A name a plugin asks for a granted thing by (a file, a directory).
@@ -535,21 +548,12 @@ fn validate_sql_grant(i: usize, p: &crate::config::PluginConfig) -> Result<(), I
         )
     };
     for (name, connection) in connections {
-        if !is_grant_name(name) {
-            return Err(Invalid {
-                path: at(&[name.as_str()]),
-                message: format!(
-                    "a connection's name must be 1 to 64 letters, digits, '-', '_' or '.', \
-                     got {name:?}"
-                ),
-            });
-        }
-        connection
-            .check(p.authenticate_timeout_ms)
-            .map_err(|(key, message)| Invalid {
-                path: at(&[name.as_str(), key]),
-                message,
-            })?;
+        check_named(
+            "connection",
+            name,
+            connection.check(p.authenticate_timeout_ms),
+            at,
+        )?;
     }
     Ok(())
 }
