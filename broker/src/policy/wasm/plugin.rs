@@ -372,38 +372,7 @@ impl Generation {
             .ok_or_else(|| Failure::Instantiate("the plugin is unloading".into()))?;
         let instance = match self.pool.take_idle() {
             Some(i) => i,
-            None => {
-                // Instances are created one at a time, and a caller that waited for its turn
-                // first looks for one given back meanwhile. Calls yield while they run, so a
-                // burst of callers each creating its own instance would grow the pool to its
-                // cap on a single busy core (a connect storm through static-acl: 15 `init`s
-                // in a row, 60 ms of queued handshakes) where a few instances serve them all.
-                let _growing = self.growing.lock().await;
-                if let Some(i) = self.pool.take_idle() {
-                    return Ok(Lease {
-                        generation: self,
-                        instance: Some(i),
-                        healthy: false,
-                        _slot: slot,
-                    });
-                }
-                if !self.may_replace() {
-                    return Err(Failure::Throttled);
-                }
-                let (i, _) = self
-                    .new_instance(INIT_CPU_BUDGET, INIT_TIMEOUT)
-                    .await
-                    .inspect_err(|_| {
-                        // A creation that failed is owed like a failed instance: retrying it
-                        // draws on the bucket.
-                        self.failed.fetch_add(1, Ordering::Relaxed);
-                    })
-                    .map_err(|e| match e {
-                        InitError::Refused(m) => Failure::Instantiate(m),
-                        InitError::Failed(f) => f,
-                    })?;
-                i
-            }
+            None => self.idle_or_new().await?,
         };
         Ok(Lease {
             generation: self,
@@ -411,6 +380,34 @@ impl Generation {
             healthy: false,
             _slot: slot,
         })
+    }
+
+    /// An instance for a caller that found none idle. Instances are created one at a time,
+    /// and a caller that waited for its turn first looks for one given back meanwhile. Calls
+    /// yield while they run, so a burst of callers each creating its own instance would grow
+    /// the pool to its cap on a single busy core (a connect storm through static-acl: 15
+    /// `init`s in a row, 60 ms of queued handshakes) where a few instances serve them all.
+    async fn idle_or_new(&self) -> Result<Instance, Failure> {
+        let _growing = self.growing.lock().await;
+        if let Some(i) = self.pool.take_idle() {
+            return Ok(i);
+        }
+        if !self.may_replace() {
+            return Err(Failure::Throttled);
+        }
+        let (i, _) = self
+            .new_instance(INIT_CPU_BUDGET, INIT_TIMEOUT)
+            .await
+            .inspect_err(|_| {
+                // A creation that failed is owed like a failed instance: retrying it draws on
+                // the bucket.
+                self.failed.fetch_add(1, Ordering::Relaxed);
+            })
+            .map_err(|e| match e {
+                InitError::Refused(m) => Failure::Instantiate(m),
+                InitError::Failed(f) => f,
+            })?;
+        Ok(i)
     }
 
     /// Whether an instance may be created now: always to grow the pool (the pool's slots bound
